@@ -1,0 +1,298 @@
+"""The one training loop every model shares. It knows nothing of any model: a Task owns its networks,
+optimisers and schedulers and says how one step reads (like the paper); the loop does the rest —
+device, bf16 autocast on GPU, progress with images/s, JSONL metrics, loss curves, sample grids,
+atomic checkpoints with exact resume, a NaN guard, and DDP under torchrun.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class LoopConfig:
+    """How long and how observably to train; model hyper-parameters live in each model's config."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    seed: int = 0
+    device: str = "auto"          # auto: cuda if available, else mps, else cpu
+    bf16: bool = False            # autocast to bfloat16 on CUDA (ignored on CPU)
+    log_every: int = 25
+    sample_every: int = 250       # 0: never
+    checkpoint_every: int = 250   # also at the end
+    num_workers: int = 0          # DataLoader workers; 0 keeps resume bit-exact on CPU
+    progress: bool = True
+
+
+class Task(Protocol):
+    """What a model provides to the loop."""
+
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, Any]
+
+    def step(self, batch: Any, step: int) -> dict[str, torch.Tensor | float]:
+        """One optimisation step on `batch` (already on the device); return the losses to log."""
+
+    def samples(self, batch: Any) -> torch.Tensor:
+        """Images (N, C, H, W) in [0, 1] that show how training goes, laid out as a grid by the loop."""
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; an explicit name is checked and explained if unavailable."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name} was asked for but this torch sees no CUDA GPU; use --device cpu or auto.")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class ResumableSampler(Sampler[int]):
+    """Shuffles each epoch with a seed of its own and can start mid-epoch, so a resumed run sees exactly
+    the batches the uninterrupted run would have. Under DDP each rank takes every world_size-th index."""
+
+    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.length, self.seed, self.rank, self.world_size = length, seed, rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def order(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(self.length, generator=generator)[self.rank::self.world_size].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order()[self.start:])
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world_size)) - self.start
+
+
+def _batches(loader: DataLoader, sampler: ResumableSampler, position: dict) -> Iterator[Any]:
+    """Endless batches; `position` tracks (epoch, samples consumed this epoch) for the checkpoint."""
+    while True:
+        sampler.epoch, sampler.start = position["epoch"], position["offset"]
+        for batch in loader:
+            position["offset"] += len(batch[0] if isinstance(batch, (list, tuple)) else batch)
+            yield batch
+        position["epoch"] += 1
+        position["offset"] = 0
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------
+
+def _rng_state() -> dict:
+    """Every RNG a step may draw from, in types that `torch.load(weights_only=True)` accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file, fsync, then rename: a crash never leaves a half-written file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(task: Task, path: Path, step: int, position: dict, extra: dict | None = None) -> None:
+    save_atomic({
+        "step": step, "position": dict(position), "rng": _rng_state(), "extra": extra or {},
+        "modules": {k: _unwrap(m).state_dict() for k, m in task.modules.items()},
+        "optimizers": {k: o.state_dict() for k, o in task.optimizers.items()},
+        "schedulers": {k: s.state_dict() for k, s in task.schedulers.items()},
+    }, path)
+
+
+def load_checkpoint(task: Task, path: Path, map_location: torch.device | str = "cpu") -> dict:
+    """Restore every module, optimiser, scheduler and RNG from `path`; return the checkpoint dict."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # a file from elsewhere, or one cut short before atomic writes existed
+        raise RuntimeError(f"Cannot read checkpoint {path}: {error}\nDelete it (or pass another --run) to start afresh.") from error
+    for key, module in task.modules.items():
+        _unwrap(module).load_state_dict(state["modules"][key])
+    for key, optimizer in task.optimizers.items():
+        optimizer.load_state_dict(state["optimizers"][key])
+    for key, scheduler in task.schedulers.items():
+        scheduler.load_state_dict(state["schedulers"][key])
+    _set_rng_state(state["rng"])
+    return state
+
+
+# --- the loop ------------------------------------------------------------------------------------------
+
+def _finite_losses(losses: dict[str, torch.Tensor | float], step: int, checkpoint: Path) -> dict[str, float]:
+    values = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in losses.items()}
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        kept = f"the last good checkpoint is kept at {checkpoint}" if checkpoint.exists() else "no checkpoint was written yet"
+        raise TrainingDiverged(
+            f"Loss {', '.join(repr(k) for k in bad)} became {values[bad[0]]} at step {step}; training stopped and "
+            f"{kept}. Try a lower learning rate, gradient clipping, or check the data for broken images.")
+    return values
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world_size); initialises the process group when launched by torchrun."""
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return 0, 1
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def train(task: Task, dataset: Dataset, run_dir: Path | str, config: LoopConfig, describe: dict | None = None) -> dict:
+    """Train `task` on `dataset` for `config.steps` steps, resuming from `run_dir` if a checkpoint is there.
+    Writes config.json, metrics.jsonl, loss_curves.png, samples/step_*.png and checkpoint.pt to `run_dir`;
+    returns a summary with the throughput and the last losses."""
+    from tqdm.auto import tqdm
+
+    from faceedu.viz import plot_loss_curves, save_grid
+
+    run_dir = Path(run_dir)
+    rank, world = _distributed()
+    main_process = rank == 0
+    device = pick_device(config.device)
+    checkpoint = run_dir / CHECKPOINT
+    if main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps({"loop": asdict(config)} | (describe or {}), indent=2) + "\n")
+    if len(dataset) < config.batch_size * world:
+        raise ValueError(f"The dataset has {len(dataset)} items, fewer than one batch of {config.batch_size * world}; "
+                         "lower --batch-size or generate more data (faceedu data synth --n N).")
+
+    seed_everything(config.seed + rank)
+    for module in task.modules.values():
+        module.to(device)
+    for name, optimizer in task.optimizers.items():  # optimiser state follows its parameters' device
+        for state in optimizer.state.values():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    state[key] = value.to(device)
+    # the preview batch is drawn before any checkpoint's RNG state is restored, so resuming is exact
+    preview = to_device(next(iter(DataLoader(dataset, batch_size=min(16, len(dataset))))), device)
+    position, start_step = {"epoch": 0, "offset": 0}, 0
+    if checkpoint.exists():
+        saved = load_checkpoint(task, checkpoint, map_location=device)
+        start_step, position = saved["step"], saved["position"]
+        if main_process:
+            print(f"Resuming {run_dir} from step {start_step}")
+    if world > 1:
+        for name, module in task.modules.items():
+            if any(p.requires_grad for p in module.parameters()):
+                setattr(task, name, nn.parallel.DistributedDataParallel(module))
+
+    sampler = ResumableSampler(len(dataset), config.seed, rank, world)
+    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=config.num_workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(config.seed))  # keeps the global RNG untouched
+    batches = _batches(loader, sampler, position)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda")
+
+    metrics = (run_dir / METRICS).open("a") if main_process else None
+    bar = tqdm(total=config.steps, initial=start_step, disable=not (config.progress and main_process),
+               unit="step", dynamic_ncols=True)
+    window_start, window_images, losses, rate = time.perf_counter(), 0, {}, float("nan")
+    run_start = time.perf_counter()
+    for step in range(start_step + 1, config.steps + 1):
+        for module in task.modules.values():
+            module.train()
+        batch = to_device(next(batches), device)
+        with autocast:
+            losses = _finite_losses(task.step(batch, step), step, checkpoint)
+        for scheduler in task.schedulers.values():
+            scheduler.step()
+        window_images += config.batch_size * world
+        if step % config.log_every == 0 or step == config.steps:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            elapsed = time.perf_counter() - window_start
+            rate = window_images / elapsed
+            window_start, window_images = time.perf_counter(), 0
+            if main_process:
+                lrs = {f"lr_{k}": o.param_groups[0]["lr"] for k, o in task.optimizers.items()}
+                metrics.write(json.dumps({"step": step, "epoch": position["epoch"], "images_per_s": round(rate, 1)}
+                                         | losses | lrs) + "\n")
+                metrics.flush()
+                bar.set_postfix({"img/s": f"{rate:,.0f}"} | {k: f"{v:.4g}" for k, v in list(losses.items())[:4]})
+        bar.update(1)
+        if main_process and config.sample_every and (step % config.sample_every == 0 or step == config.steps):
+            for module in task.modules.values():
+                module.eval()
+            with torch.no_grad(), autocast:
+                save_grid(task.samples(preview).float(), run_dir / "samples" / f"step_{step:06d}.png")
+        if main_process and (step % config.checkpoint_every == 0 or step == config.steps):
+            save_checkpoint(task, checkpoint, step, position)
+            plot_loss_curves(run_dir / METRICS, run_dir / "loss_curves.png")
+    bar.close()
+    if metrics:
+        metrics.close()
+    seconds = time.perf_counter() - run_start
+    trained = config.steps - start_step
+    summary = {"steps": config.steps, "steps_this_run": trained, "seconds": round(seconds, 1),
+               "images_per_s": round(trained * config.batch_size * world / seconds, 1) if trained else None,
+               "device": str(device), "losses": losses}
+    if main_process:
+        print(f"Trained {trained} steps in {seconds:.1f} s on {device} "
+              f"({summary['images_per_s'] or 0:,.0f} images/s); run folder: {run_dir}")
+    return summary

@@ -1,0 +1,104 @@
+"""Pictures a learner looks at: image grids, label-map overlays with landmarks, correlation heat maps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files, not windows: the course renders to PNG (notebooks switch to inline)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from faceedu.data.layout import CELEBAMASK_CLASSES  # noqa: E402
+
+# One colour per CelebAMask-HQ class (index 0 = background), chosen to tell neighbours apart.
+CLASS_COLOURS = np.array([
+    (0, 0, 0), (204, 153, 120), (255, 140, 0), (0, 200, 255), (60, 90, 255), (90, 60, 255), (130, 70, 20),
+    (160, 90, 30), (255, 200, 170), (255, 180, 150), (140, 0, 40), (230, 40, 80), (180, 20, 60),
+    (90, 50, 20), (30, 170, 60), (255, 230, 0), (200, 200, 200), (150, 120, 110), (80, 120, 160),
+], dtype=np.uint8)
+assert len(CLASS_COLOURS) == len(CELEBAMASK_CLASSES) + 1
+
+
+def colour_label_map(label: np.ndarray) -> np.ndarray:
+    """(H, W) CelebAMask-HQ label map -> (H, W, 3) uint8 picture."""
+    return CLASS_COLOURS[np.asarray(label, dtype=np.int64)]
+
+
+def contact_sheet(images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray], landmarks: Sequence[np.ndarray],
+                  captions: Sequence[str], path: Path | str, columns: int = 6) -> Path:
+    """A grid of faces, each shown three ways: the image with its 68 landmarks, the label map, and the
+    caption (its positive attributes). Written to `path` as PNG."""
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows * 2, columns, figsize=(columns * 2.6, rows * 5.4),
+                             gridspec_kw={"hspace": 0.05, "wspace": 0.05})
+    axes = np.atleast_2d(axes)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for k, (image, label, points, caption) in enumerate(zip(images, label_maps, landmarks, captions)):
+        top, bottom = axes[2 * (k // columns), k % columns], axes[2 * (k // columns) + 1, k % columns]
+        top.imshow(image, interpolation="nearest")
+        top.scatter(points[:, 0], points[:, 1], s=3, c="#00ff66", linewidths=0)
+        top.set_title(caption, fontsize=6.5, wrap=True, loc="left")
+        bottom.imshow(colour_label_map(label), interpolation="nearest")
+        bottom.imshow(image, alpha=0.35, interpolation="nearest")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=CLASS_COLOURS[i + 1] / 255) for i in range(len(CELEBAMASK_CLASSES))]
+    fig.legend(handles, CELEBAMASK_CLASSES, loc="lower center", ncol=9, fontsize=7, frameon=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def correlation_heatmap(matrix: np.ndarray, names: Sequence[str], path: Path | str, title: str) -> Path:
+    """A labelled heat map of a square correlation matrix in [-1, 1], values printed in the cells."""
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(0.42 * n + 2, 0.42 * n + 1.5))
+    im = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(n), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), names, fontsize=7)
+    for i in range(n):
+        for j in range(n):
+            if i != j and abs(matrix[i, j]) >= 0.1:
+                ax.text(j, i, f"{matrix[i, j]:.1f}".replace("0.", "."), ha="center", va="center", fontsize=5.5)
+    fig.colorbar(im, ax=ax, shrink=0.7, label="phi coefficient")
+    ax.set_title(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def save_grid(images, path: Path | str, columns: int = 8) -> Path:
+    """Save a (N, C, H, W) tensor in [0, 1] as one PNG grid (torchvision's make_grid)."""
+    from torchvision.utils import save_image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images.clamp(0, 1), path, nrow=columns, padding=2, pad_value=1.0)
+    return path
+
+
+def plot_loss_curves(metrics_jsonl: Path | str, path: Path | str) -> Path:
+    """One panel per logged loss against the step, from a run's metrics.jsonl."""
+    import json
+
+    records = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    keys = [k for k in records[-1] if k not in ("step", "epoch", "images_per_s") and not k.startswith("lr_")]
+    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)), 2.6), squeeze=False)
+    steps = [r["step"] for r in records]
+    for ax, key in zip(axes[0], keys):
+        ax.plot(steps, [r.get(key, np.nan) for r in records], lw=1.2)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,92 @@
+"""The shared training loop: exact resume, atomic checkpoints, the NaN guard, logs and pictures."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from faceedu.train.loop import CHECKPOINT, LoopConfig, TrainingDiverged, load_checkpoint, train
+
+
+class TinyAutoencoder:
+    """A task with dropout and a scheduler, so resume must restore RNG and scheduler state too."""
+
+    def __init__(self, lr: float = 1e-2):
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.Dropout(0.3), nn.Linear(6, 12))
+        self.optimizers = {"net": torch.optim.Adam(self.net.parameters(), lr=lr)}
+        self.schedulers = {"net": torch.optim.lr_scheduler.StepLR(self.optimizers["net"], 5, 0.5)}
+
+    @property
+    def modules(self):
+        return {"net": self.net}
+
+    def step(self, batch, step):
+        (x,) = batch
+        loss = ((self.net(x) - x.flatten(1)) ** 2).mean()
+        self.optimizers["net"].zero_grad()
+        loss.backward()
+        self.optimizers["net"].step()
+        return {"mse": loss}
+
+    def samples(self, batch):
+        (x,) = batch
+        return self.net(x).view(-1, 3, 2, 2).sigmoid()
+
+
+def data():
+    return TensorDataset(torch.randn(50, 3, 2, 2, generator=torch.Generator().manual_seed(1)))
+
+
+def quiet(**kw):
+    return LoopConfig(batch_size=8, log_every=2, sample_every=6, checkpoint_every=4, progress=False, **kw)
+
+
+def test_resume_is_exact(tmp_path):
+    straight = TinyAutoencoder()
+    train(straight, data(), tmp_path / "a", quiet(steps=14))
+    first = TinyAutoencoder()
+    train(first, data(), tmp_path / "b", quiet(steps=9))           # stops mid-epoch (6 batches per epoch)
+    resumed = TinyAutoencoder()
+    summary = train(resumed, data(), tmp_path / "b", quiet(steps=14))
+    assert summary["steps_this_run"] == 5
+    for a, b in zip(straight.net.state_dict().values(), resumed.net.state_dict().values()):
+        assert torch.equal(a, b)
+    assert resumed.optimizers["net"].param_groups[0]["lr"] == straight.optimizers["net"].param_groups[0]["lr"]
+
+
+def test_run_folder_holds_logs_curves_samples_and_a_loadable_checkpoint(tmp_path):
+    summary = train(TinyAutoencoder(), data(), tmp_path, quiet(steps=8))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6, 8]
+    assert all(r["images_per_s"] > 0 and "mse" in r and "lr_net" in r for r in records)
+    assert (tmp_path / "loss_curves.png").stat().st_size > 1000
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step_000006.png", "step_000008.png"]
+    assert not list(tmp_path.glob("*.tmp"))
+    fresh = TinyAutoencoder()
+    assert load_checkpoint(fresh, tmp_path / CHECKPOINT)["step"] == 8
+    assert summary["images_per_s"] > 0
+
+
+def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    class Diverging(TinyAutoencoder):
+        def step(self, batch, step):
+            losses = super().step(batch, step)
+            return {"mse": losses["mse"] * (float("nan") if step == 6 else 1.0)}
+
+    with pytest.raises(TrainingDiverged, match=r"'mse' became nan at step 6.*last good checkpoint"):
+        train(Diverging(), data(), tmp_path, quiet(steps=10))
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["step"] == 4
+
+
+def test_a_damaged_checkpoint_is_explained(tmp_path):
+    (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="(?s)Cannot read checkpoint.*Delete it"):
+        train(TinyAutoencoder(), data(), tmp_path, quiet(steps=2))
+
+
+def test_too_little_data_is_explained(tmp_path):
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        train(TinyAutoencoder(), TensorDataset(torch.zeros(3, 3, 2, 2)), tmp_path, quiet(steps=2))
