@@ -28,24 +28,26 @@ def colour_label_map(label: np.ndarray) -> np.ndarray:
 
 
 def contact_sheet(images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray], landmarks: Sequence[np.ndarray],
-                  captions: Sequence[str], path: Path | str, columns: int = 6) -> Path:
-    """A grid of faces, each shown three ways: the image with its 68 landmarks, the label map, and the
-    caption (its positive attributes). Written to `path` as PNG."""
+                  captions: Sequence[str], path: Path | str, columns: int = 3) -> Path:
+    """A grid of faces, each as a pair: the image with its 68 landmarks, and its label map; the caption
+    (file name and positive attributes) underneath. Written to `path` as PNG."""
+    import textwrap
+
     rows = -(-len(images) // columns)
-    fig, axes = plt.subplots(rows * 2, columns, figsize=(columns * 2.6, rows * 5.4),
-                             gridspec_kw={"hspace": 0.05, "wspace": 0.05})
+    fig, axes = plt.subplots(rows, columns * 2, figsize=(columns * 4.2, rows * 2.75),
+                             gridspec_kw={"hspace": 0.55, "wspace": 0.04})
     axes = np.atleast_2d(axes)
     for ax in axes.ravel():
         ax.axis("off")
     for k, (image, label, points, caption) in enumerate(zip(images, label_maps, landmarks, captions)):
-        top, bottom = axes[2 * (k // columns), k % columns], axes[2 * (k // columns) + 1, k % columns]
-        top.imshow(image, interpolation="nearest")
-        top.scatter(points[:, 0], points[:, 1], s=3, c="#00ff66", linewidths=0)
-        top.set_title(caption, fontsize=6.5, wrap=True, loc="left")
-        bottom.imshow(colour_label_map(label), interpolation="nearest")
-        bottom.imshow(image, alpha=0.35, interpolation="nearest")
+        face_ax, label_ax = axes[k // columns, 2 * (k % columns)], axes[k // columns, 2 * (k % columns) + 1]
+        face_ax.imshow(image, interpolation="nearest")
+        face_ax.scatter(points[:, 0], points[:, 1], s=2.5, c="#00ff66", linewidths=0)
+        label_ax.imshow(colour_label_map(label), interpolation="nearest")
+        face_ax.text(0, -0.03, textwrap.fill(caption, 62), transform=face_ax.transAxes, va="top", fontsize=6.5)
     handles = [plt.Rectangle((0, 0), 1, 1, color=CLASS_COLOURS[i + 1] / 255) for i in range(len(CELEBAMASK_CLASSES))]
-    fig.legend(handles, CELEBAMASK_CLASSES, loc="lower center", ncol=9, fontsize=7, frameon=False)
+    fig.legend(handles, CELEBAMASK_CLASSES, loc="lower center", ncol=9, fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, -0.02))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -98,12 +98,19 @@ class ResumableSampler(Sampler[int]):
         return len(range(self.rank, self.length, self.world_size)) - self.start
 
 
+def batch_size(batch: Any) -> int:
+    """Items in a batch that is a tensor, a tuple/list of tensors or a dict of tensors."""
+    if isinstance(batch, dict):
+        return len(next(iter(batch.values())))
+    return len(batch[0] if isinstance(batch, (list, tuple)) else batch)
+
+
 def _batches(loader: DataLoader, sampler: ResumableSampler, position: dict) -> Iterator[Any]:
     """Endless batches; `position` tracks (epoch, samples consumed this epoch) for the checkpoint."""
     while True:
         sampler.epoch, sampler.start = position["epoch"], position["offset"]
         for batch in loader:
-            position["offset"] += len(batch[0] if isinstance(batch, (list, tuple)) else batch)
+            position["offset"] += batch_size(batch)
             yield batch
         position["epoch"] += 1
         position["offset"] = 0

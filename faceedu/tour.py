@@ -1,0 +1,102 @@
+"""`faceedu tour`, the course's main job: SynthFaces, what it holds, and (as lessons land) a quick run of
+each model. Each step is one entry in STEPS: a title and a function of the Tour."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from faceedu.data import synthfaces
+from faceedu.data.synthfaces import SYNTH_ATTRIBUTES, SynthConfig
+
+
+@dataclass
+class Tour:
+    """What the steps share: where the data and the outputs live, and the summary being written."""
+
+    root: Path
+    out: Path
+    config: SynthConfig = SynthConfig()
+    summary: dict = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)
+
+    def say(self, line: str = "") -> None:
+        print(line)
+        self.lines.append(line)
+
+
+def step_data(tour: Tour) -> None:
+    synthfaces.ensure(tour.root, tour.config)
+    meta = json.loads((tour.root / "synthfaces.json").read_text())
+    size_mb = sum(p.stat().st_size for p in tour.root.rglob("*") if p.is_file()) / 2**20
+    tour.summary["data"] = meta | {"megabytes_on_disk": round(size_mb, 1)}
+    tour.say(f"SynthFaces at {tour.root}: {meta['images']} faces of {meta['identities']} identities "
+             f"(splits {meta['splits']}), {meta['jaffe_images']} JAFFE-style images, {size_mb:.0f} MB on disk; "
+             f"generated at {meta['images_per_second']:,.0f} images/s")
+
+
+def step_contact_sheet(tour: Tour) -> None:
+    from faceedu.data.celeba import CelebA
+    from faceedu.viz import contact_sheet
+
+    faces = CelebA(tour.root, split="test", target_type=["attr", "landmarks68", "mask"])
+    images, labels, points, captions = [], [], [], []
+    for k in range(18):
+        image, (attr, landmarks, label) = faces[k]
+        on = [name for name, value in zip(faces.attr_names, attr.tolist()) if value and name in SYNTH_ATTRIBUTES]
+        images.append(np.asarray(image))
+        labels.append(label.numpy())
+        points.append(landmarks.numpy().reshape(-1, 2))
+        captions.append(f"{faces.filenames[k]}: " + ", ".join(on))
+    path = contact_sheet(images, labels, points, captions, tour.out / "contact_sheet.png")
+    tour.say(f"contact sheet (faces, 68 landmarks, label maps, attributes): {path}")
+
+
+def step_statistics(tour: Tour) -> None:
+    from faceedu.data.celeba import CelebA
+    from faceedu.viz import correlation_heatmap
+
+    train = CelebA(tour.root, split="train", attributes=list(SYNTH_ATTRIBUTES), target_type="attr")
+    attrs = train.attr.numpy().astype(float)
+    frequency = attrs.mean(axis=0)
+    phi = np.corrcoef(attrs, rowvar=False)  # Pearson on 0/1 columns = the phi coefficient
+    tour.say(f"attribute frequencies on the train split ({len(train)} faces):")
+    for name, f in sorted(zip(SYNTH_ATTRIBUTES, frequency), key=lambda t: -t[1]):
+        tour.say(f"  {name:<20} {f:6.1%}")
+    pairs = [(phi[i, j], SYNTH_ATTRIBUTES[i], SYNTH_ATTRIBUTES[j])
+             for i in range(len(phi)) for j in range(i + 1, len(phi))]
+    tour.say("strongest attribute correlations (phi):")
+    for value, a, b in sorted(pairs, key=lambda t: -abs(t[0]))[:10]:
+        tour.say(f"  {a:<20} {b:<20} {value:+.2f}")
+    path = correlation_heatmap(phi, SYNTH_ATTRIBUTES, tour.out / "attribute_correlation.png",
+                               "SynthFaces attribute correlations (train split)")
+    tour.summary["attribute_frequency"] = dict(zip(SYNTH_ATTRIBUTES, np.round(frequency, 4).tolist()))
+    tour.summary["phi"] = {"names": list(SYNTH_ATTRIBUTES), "matrix": np.round(phi, 4).tolist()}
+    tour.say(f"correlation heat map: {path}")
+
+
+STEPS: list[tuple[str, Callable[[Tour], None]]] = [
+    ("SynthFaces", step_data),
+    ("What a face comes with", step_contact_sheet),
+    ("Attributes and their correlations", step_statistics),
+]
+
+
+def run_tour(root: Path | str, out: Path | str, config: SynthConfig = SynthConfig()) -> Tour:
+    """Run every step in order; write summary.txt and summary.json to `out`."""
+    tour = Tour(Path(root), Path(out), config)
+    tour.out.mkdir(parents=True, exist_ok=True)
+    for number, (title, step) in enumerate(STEPS, 1):
+        start = time.perf_counter()
+        tour.say(f"\n== {number}. {title} ==")
+        step(tour)
+        tour.say(f"   ({time.perf_counter() - start:.1f} s)")
+    (tour.out / "summary.txt").write_text("\n".join(tour.lines) + "\n")
+    (tour.out / "summary.json").write_text(json.dumps(tour.summary, indent=1) + "\n")
+    print(f"\nTour written to {tour.out}/")
+    return tour

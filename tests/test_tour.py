@@ -1,0 +1,19 @@
+"""The main job: `faceedu tour` on the default SynthFaces writes its pictures and a summary."""
+
+import json
+
+from faceedu.cli import main
+
+
+def test_tour_writes_contact_sheet_correlations_and_summary(synth_root, tmp_path, capsys):
+    assert main(["tour", "--root", str(synth_root), "--out", str(tmp_path)]) == 0
+    for picture in ("contact_sheet.png", "attribute_correlation.png"):
+        assert (tmp_path / picture).stat().st_size > 50_000
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["data"]["images"] == 30_000
+    phi = summary["phi"]
+    blond, glasses = phi["names"].index("Blond_Hair"), phi["names"].index("Eyeglasses")
+    assert phi["matrix"][blond][glasses] > 0.25  # the deliberate Blond_Hair / Eyeglasses correlation shows
+    text = (tmp_path / "summary.txt").read_text()
+    assert "strongest attribute correlations" in text and "Blond_Hair" in text
+    assert "images/s" in capsys.readouterr().out
