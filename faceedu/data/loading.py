@@ -1,6 +1,6 @@
-"""What the loaders share: finding a dataset's folder, parsing the CelebA-family annotation text files,
-choosing attributes by name, and opening images, each failure a DatasetError that names the file
-(and, for text files, the line) so the user knows what to fix.
+"""What the three loaders share: finding a dataset's folder, parsing the CelebA-family annotation text
+files, choosing attributes by name, opening images and packing targets. Every failure is a DatasetError
+that names the file (and, for text files, the line), so the user knows what to fix.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -31,7 +32,8 @@ def dataset_folder(root: Path | str, kind: str, folder: str, looks_like: Callabl
         above = root.parent.parent if root.parent.name == folder else root.parent
         raise dataset_error(kind, f"{root} is a folder inside the dataset, not its root: pass {above} "
                                   f"(the folder that holds {folder}/) instead.", root)
-    raise dataset_error(kind, f"No {folder}/ folder in {root}: the root must hold {folder}/.", root)
+    raise dataset_error(kind, f"No {folder}/ folder in {root}, and {root} itself does not hold the files of "
+                              f"{folder}/.", root)
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ def read_table(path: Path, kind: str, *, counted: bool, header: bool, columns: i
     if not path.is_file():
         raise dataset_error(kind, f"Missing annotation file {path.name}.", path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as err:
         raise dataset_error(kind, f"Malformed annotation file {path.name}: it is not a text file.", path) from err
     while lines and not lines[-1].strip():
@@ -107,18 +109,22 @@ def _values(pairs: list[list[str]], width: int, dtype: type, first: int, path: P
     """Convert the value columns in one numpy call; on failure, find the offending line to report."""
     if dtype is str:
         return np.array([pair[1].split() for pair in pairs], dtype=str).reshape(len(pairs), width)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # numpy warns, then stops, at the first token it cannot parse
-        flat = np.fromstring(" ".join(pair[1] for pair in pairs if len(pair) == 2), dtype=dtype, sep=" ")
-    if flat.size == len(pairs) * width:
-        return flat.reshape(len(pairs), width)
+    try:
+        with warnings.catch_warnings():  # numpy < 2.3 warns and stops at a token it cannot parse; later raises
+            warnings.simplefilter("ignore", DeprecationWarning)
+            flat = np.fromstring(" ".join(pair[1] for pair in pairs), dtype=dtype, sep=" ")
+        if flat.size == len(pairs) * width:
+            return flat.reshape(len(pairs), width)
+    except ValueError:
+        pass
     convert = int if np.issubdtype(dtype, np.integer) else float
     for i, pair in enumerate(pairs):
         for token in pair[1].split():
             try:
                 convert(token)
             except ValueError:
-                raise _malformed(kind, path, first + i + 1, f"{token!r} is not a number") from None
+                what = "a whole number" if convert is int else "a number"
+                raise _malformed(kind, path, first + i + 1, f"{token!r} is not {what}") from None
     raise _malformed(kind, path, first + 1, "the values could not be parsed")
 
 
@@ -128,7 +134,7 @@ def _malformed(kind: str, path: Path, line: int, problem: str) -> DatasetError:
 
 def read_binary_attributes(path: Path, kind: str) -> Table:
     """A `list_attr_celeba.txt`-format file (count line, header, -1/1 rows) with the values mapped to 0/1."""
-    table = read_table(path, kind, counted=True, header=True, dtype=np.int8)
+    table = read_table(path, kind, counted=True, header=True, dtype=np.int16)
     bad = np.flatnonzero(~np.isin(table.values, (-1, 1)).all(axis=1))
     if bad.size:
         row = table.values[bad[0]]
@@ -152,8 +158,8 @@ def select_attributes(available: Sequence[str], wanted: Sequence[str] | None, ki
         elif name in known:
             raise dataset_error(kind, f"Attribute {name!r} is not a column of {path.name}.", path)
         else:
-            close = difflib.get_close_matches(name, list(known) or list(available), n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(map(repr, close))}?" if close else "valid names are " + ", ".join(available)
+            close = difflib.get_close_matches(name, list(dict.fromkeys([*available, *known])), n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(map(repr, close))}?" if close else "valid: " + ", ".join(available)
             raise ValueError(f"Unknown attribute {name!r}: {hint}")
     return columns
 
@@ -174,7 +180,39 @@ def open_image(path: Path, kind: str, mode: str | None, listed_in: Path | None =
                                   f"Extract or download it again.", path) from err
 
 
-def missing_files(folder: Path, names: Sequence[str]) -> list[str]:
-    """The `names` absent from `folder`, found with one directory listing (fast even for 200k files)."""
-    present = {entry.name for entry in folder.iterdir()} if folder.is_dir() else set()
-    return [name for name in names if name not in present]
+def require_files(folder: Path, names: Sequence[str], kind: str, listed_in: Path) -> None:
+    """Raise a DatasetError naming the files of `names` (listed in `listed_in`) absent from `folder`;
+    one directory listing, so it takes well under a second even for CelebA's 202,599 images."""
+    present = {entry.name for entry in folder.iterdir()}
+    missing = [name for name in names if name not in present]
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise dataset_error(kind, f"{len(missing)} file(s) listed in {listed_in.name} are missing from "
+                                  f"{folder.name}/: {shown}", folder / missing[0])
+
+
+def target_types(target_type: str | Sequence[str], allowed: Sequence[str]) -> tuple[str, ...]:
+    """Normalise `target_type` (one name or several) to a tuple, rejecting unknown names."""
+    types = (target_type,) if isinstance(target_type, str) else tuple(target_type)
+    unknown = [t for t in types if t not in allowed]
+    if unknown:
+        raise ValueError(f"Unknown target_type {unknown[0]!r}: choose from {', '.join(allowed)}.")
+    return types
+
+
+def check_split(split: str, allowed: Sequence[str]) -> str:
+    """Reject a split name that is not one of `allowed`."""
+    if split not in allowed:
+        raise ValueError(f"Unknown split {split!r}: choose from {', '.join(allowed)}.")
+    return split
+
+
+def finish(image: Image.Image, targets: list[Any], transform: Callable | None,
+           target_transform: Callable | None) -> tuple[Any, Any]:
+    """torchvision's convention: one target as itself, several as a tuple, none as None; then transforms."""
+    target = tuple(targets) if len(targets) > 1 else targets[0] if targets else None
+    if transform is not None:
+        image = transform(image)
+    if target is not None and target_transform is not None:
+        target = target_transform(target)
+    return image, target
