@@ -30,6 +30,9 @@ CELEBA_FILES: dict[str, str] = {
     "identity": "identity_CelebA.txt",
     "landmarks": "list_landmarks_align_celeba.txt",
     "bbox": "list_bbox_celeba.txt",
+    # Not in the official release: 68 iBUG landmarks per image (count line, header, `000001.jpg x0 y0 ...`),
+    # written by SynthFaces or by a landmark detector run over the images.
+    "landmarks68": "list_landmarks_68.txt",
 }
 
 # CelebAMask-HQ's 18 classes in the order of its official `g_mask.py`; in a combined label map,

@@ -289,10 +289,12 @@ def draw_face(canvas: Canvas, r: np.random.Generator, who: Identity, a: dict, ex
     if not who.young:  # age lines on the forehead and beside the mouth
         for y in (-0.3, -0.26):
             line = np.stack([np.linspace(-0.16, 0.16, 8), y + 0.01 * np.cos(np.linspace(0, math.pi, 8))], 1)
-            canvas.paint(_stroke(inner(line, 0.3), 0.012), _shade(skin, 0.8), "skin")
+            canvas.paint(_stroke(inner(line, 0.3), 0.014), _shade(skin, 0.7), "skin")
         for side in (-1, 1):
             fold = np.stack([side * np.linspace(0.1, 0.15, 6), np.linspace(0.2, 0.36, 6)], 1)
-            canvas.paint(_stroke(inner(fold), 0.012), _shade(skin, 0.82), "skin")
+            canvas.paint(_stroke(inner(fold), 0.014), _shade(skin, 0.72), "skin")
+            bag = np.stack([side * who.eye_gap + np.linspace(-0.06, 0.06, 6), 0.045 + 0.012 * np.sin(np.linspace(0, math.pi, 6))], 1)
+            canvas.paint(_stroke(inner(bag), 0.012), _shade(skin, 0.75), "skin")
     if a["Rosy_Cheeks"]:
         for side in (-1, 1):
             canvas.paint(inner(_ellipse(side * 0.22, 0.17, 0.08, 0.05, 16)), (0.95, 0.45, 0.5), "skin", 0.45)
@@ -320,7 +322,7 @@ def draw_face(canvas: Canvas, r: np.random.Generator, who: Identity, a: dict, ex
         u = np.linspace(0, 1, 5)  # 0 inner .. 1 outer
         x = side * (0.06 + u * 0.22)
         y = eye_y - 0.1 - expr.brow_raise * 0.04 + (1 - u) * (-expr.brow_inner * 0.035)
-        y = y - (0.035 if a["Arched_Eyebrows"] else 0.012) * np.sin(u * math.pi * 0.85)
+        y = y - (0.05 if a["Arched_Eyebrows"] else 0.01) * np.sin(u * math.pi * 0.85)
         line = inner(np.stack([x, y], 1))
         canvas.paint(_stroke(line, thick * (1 - 0.35 * u)), brow_rgb, name)
         brows.append(line[::-1] if side < 0 else line)
@@ -353,11 +355,11 @@ def draw_face(canvas: Canvas, r: np.random.Generator, who: Identity, a: dict, ex
     if a["Mustache"]:
         stache = np.stack([np.linspace(-mw * 1.15, mw * 1.15, 9), np.zeros(9)], 1)
         stache[:, 1] = my - 0.05 - 0.015 * np.cos(np.linspace(-1.5, 1.5, 9)) + 0.03 * (np.abs(stache[:, 0]) / mw) ** 2
-        canvas.paint(inner(_stroke(stache, 0.05)), _shade(hair_rgb, 0.8), "skin")
+        canvas.paint(inner(_stroke(stache, 0.05)), _shade(hair_rgb, 0.65), "skin")
     if a["Goatee"]:
         chin = np.concatenate([np.stack([X * 0.8, bottom_outer + 0.012], 1)[::-1],
                                _ellipse(0, fcy + fh * 0.86, mw * 0.8, 0.1, 12, 0, math.pi)])
-        canvas.paint(inner(chin), _shade(hair_rgb, 0.8), "skin")
+        canvas.paint(inner(chin), _shade(hair_rgb, 0.65), "skin")
     outer_top = np.stack([X, top_outer], 1)
     outer_bottom = np.stack([X, bottom_outer], 1)
     inner_top = np.stack([X, top_inner], 1)
@@ -500,7 +502,7 @@ def _write_celeba_annotations(celeba: Path, config: SynthConfig, identity: np.nd
         CELEBA_FILES["identity"]: [f"{name} {i}" for name, i in zip(names, identity)],
         CELEBA_FILES["landmarks"]: five,
         CELEBA_FILES["bbox"]: boxes,
-        "list_landmarks_68.txt": sixty_eight,
+        CELEBA_FILES["landmarks68"]: sixty_eight,
     }
     for filename, lines in files.items():
         (celeba / filename).write_text("\n".join(lines) + "\n")
