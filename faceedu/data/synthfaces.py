@@ -573,7 +573,7 @@ def generate(root: Path | str, config: SynthConfig = SynthConfig(), verbose: boo
     _write_celebamask_hq(root, celeba, config)
     seconds = time.perf_counter() - start
     summary = {
-        "format_version": FORMAT_VERSION, "config": asdict(config), "images": config.n,
+        "format_version": FORMAT_VERSION, "renderer": renderer_fingerprint(), "config": asdict(config), "images": config.n,
         "identities": config.identities(), "jaffe_images": len(jaffe_items),
         "splits": {name: int((split == code).sum()) for name, code in (("train", 0), ("valid", 1), ("test", 2))},
         "seconds": round(seconds, 2), "images_per_second": round((config.n + len(jaffe_items)) / seconds, 1),
@@ -585,14 +585,25 @@ def generate(root: Path | str, config: SynthConfig = SynthConfig(), verbose: boo
     return summary
 
 
+def renderer_fingerprint() -> str:
+    """sha256 of three rendered faces (pixels, labels, landmarks): changes whenever the renderer does."""
+    digest = hashlib.sha256()
+    for index in range(3):
+        face = render_face(64, 0, 2, index, make_identity(0, index + 1))
+        digest.update(face["image"].tobytes() + face["label"].tobytes())
+        digest.update(np.round(face["landmarks68"], 3).tobytes())
+    return digest.hexdigest()
+
+
 def is_generated(root: Path | str, config: SynthConfig) -> bool:
-    """True when `root` already holds SynthFaces made with exactly this config (workers aside)."""
+    """True when `root` already holds SynthFaces made by this renderer with this config (workers aside)."""
     meta = Path(root) / "synthfaces.json"
     if not meta.is_file():
         return False
     saved = json.loads(meta.read_text())
     wanted = asdict(config) | {"workers": None}
-    return saved.get("format_version") == FORMAT_VERSION and saved["config"] | {"workers": None} == wanted
+    return (saved.get("renderer") == renderer_fingerprint() and saved.get("format_version") == FORMAT_VERSION
+            and saved["config"] | {"workers": None} == wanted)
 
 
 def ensure(root: Path | str, config: SynthConfig = SynthConfig(), verbose: bool = True) -> Path:
