@@ -25,6 +25,12 @@ def _tour(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grade(args: argparse.Namespace) -> int:
+    from faceedu.grading.runner import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """All sub-commands and their flags."""
     from faceedu.data.synthfaces import SynthConfig
@@ -46,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     tour.add_argument("--root", type=Path, default=DEFAULT_SYNTH_ROOT)
     tour.add_argument("--out", type=Path, default=Path("outputs/tour"))
     tour.set_defaults(func=_tour)
+
+    grade = commands.add_parser("grade", help="run a lesson notebook like the autograder and print your points")
+    grade.add_argument("notebook", type=Path, help="the lesson notebook, e.g. lessons/00_faces_as_data/00_faces_as_data.ipynb")
+    grade.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the report as JSON")
+    grade.add_argument("--timeout", type=float, default=900, metavar="S", help="total time limit (default: %(default)s s)")
+    grade.add_argument("--cell-timeout", type=float, default=None, metavar="S",
+                       help="per-cell limit; a cell over it is interrupted and grading goes on (default: the total)")
+    grade.set_defaults(func=_grade)
     return parser
 
 

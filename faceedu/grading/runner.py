@@ -226,23 +226,15 @@ def grade(notebook: Path | str, timeout: float = 900, cell_timeout: float | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `faceedu grade` (and of the worker, with --worker)."""
+    """`python -m faceedu.grading.runner NOTEBOOK ...` is `faceedu grade NOTEBOOK ...`; with --worker it
+    is the worker process that `grade` starts."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
         _worker(Path(argv[1]), Path(argv[2]), int(argv[3]))
         return 0
-    parser = argparse.ArgumentParser(prog="faceedu grade", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from faceedu.cli import build_parser  # the flags are defined once, with the other sub-commands
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("notebook", type=Path, help="the lesson notebook to grade")
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the report as JSON")
-    parser.add_argument("--timeout", type=float, default=900, metavar="S",
-                        help="total time limit in seconds (default: %(default)s)")
-    parser.add_argument("--cell-timeout", type=float, default=None, metavar="S",
-                        help="time limit per cell; a cell over it is interrupted (default: the total limit)")
+    return run(build_parser().parse_args(["grade", *argv]))
 
 
 def run(args: argparse.Namespace) -> int:
