@@ -6,9 +6,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.faceedu-installed
 SYNTH_ROOT ?= datasets/synthfaces
 
-.PHONY: setup tour test data clean
+.PHONY: setup browser tour test data lessons docs clean
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# Debian's chromium, for the website test (headless, driven by Playwright; never `playwright install`).
+# Learners without root can skip it: only tests/test_docs_site.py needs it, and it says so if missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "note: chromium is not installed; the website test needs it (apt-get install chromium)"
 
 # torch/torchvision first, with exact pins: pip takes them from this machine's disk (CPU + CUDA build).
 $(STAMP): pyproject.toml
@@ -26,6 +33,18 @@ data: setup
 
 test: setup
 	$(PY) -m pytest
+
+# Student notebooks (lessons/) from the instructors' sources (solutions/) with nbgrader; commit both.
+lessons: setup
+	@for dir in solutions/*/; do \
+		PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/nbgrader generate_assignment $$(basename $$dir) --force --no-db \
+			--log-level=WARN || exit 1; \
+	done
+
+# The website: lesson pages from the reference runs, then a strict build into site/.
+docs: setup
+	$(PY) -m faceedu.grading.site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) outputs site
