@@ -17,7 +17,8 @@ from urllib.parse import urldefrag, urljoin, urlparse
 
 import pytest
 
-from coursekit import ARTIFACTS, REPO, SCRATCH, VENV_BIN, executed_solution, lesson_slugs, say, use_data
+from coursekit import ARTIFACTS, REPO, SCRATCH, VENV_BIN, executed_solution, say, use_data
+from faceedu.grading.course import LESSONS
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -29,8 +30,9 @@ def built_site() -> Path:
     from faceedu.grading.site import build
 
     start = time.monotonic()
-    for slug in lesson_slugs():
-        executed_solution(slug)
+    for lesson in LESSONS:
+        if lesson.status == "ready":
+            executed_solution(lesson.slug)
     build(executed_dir=SCRATCH / "executed")
     site = SCRATCH / "site"
     done = subprocess.run([str(VENV_BIN / "mkdocs"), "build", "--strict", "--site-dir", str(site)],
@@ -47,8 +49,6 @@ def site(synth_root) -> Path:
 
 
 def test_strict_build_has_every_page(site):
-    from faceedu.grading.course import LESSONS
-
     for page in ["index.html", "setup/index.html", "instructors/index.html", "results/index.html", "api/index.html"]:
         assert (site / page).is_file(), page
     for lesson in LESSONS:

@@ -18,6 +18,9 @@ def test_solution_notebook_runs_top_to_bottom(slug, synth_root):
     nb = nbformat.read(executed_solution(slug), as_version=4)   # raises CellExecutionError on any error
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
+    warnings = [o.text[:200] for o in outputs if o.output_type == "stream" and o.name == "stderr"
+                and "Warning" in o.text]
+    assert not warnings, f"the reference run shows learners warnings: {warnings}"
     test_cells = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade") and c.cell_type == "code"]
     for cell in test_cells:
         text = "".join(o.get("text", "") for o in cell.outputs)

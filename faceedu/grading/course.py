@@ -33,7 +33,7 @@ LESSONS: tuple[Lesson, ...] = (
            "CelebA's files and attributes, CelebAMask-HQ label maps and the face+hair+hat mask, "
            "attribute correlations (phi), preprocessing", "Liu et al. 2015; Lee et al. 2020; Toledo & Antonelo 2021",
            status="ready"),
-    Lesson(1, "01_face_vae", "The face VAE",
+    Lesson(1, "01_vae", "The face VAE",
            "encoder, reparameterisation, decoder and the KL term; training on faces",
            "Kingma & Welling 2014; Toledo & Antonelo 2021"),
     Lesson(2, "02_masks_and_losses", "Masks and losses",

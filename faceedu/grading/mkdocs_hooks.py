@@ -4,7 +4,8 @@
   the faceedu package), so they cannot drift from it;
 - a planned lesson gets a generated page; a ready lesson must have its notebook page, built by
   `python -m faceedu.grading.site` (`make docs` does it), and that page must hold no error output;
-- mkdocs-jupyter's empty MathJax <script src=""> is removed: math is rendered by the local KaTeX copy.
+- mkdocs-jupyter's empty MathJax <script src=""> and nbconvert's CDN Mermaid loader are removed: math
+  is rendered by the local KaTeX copy.
 """
 
 from __future__ import annotations
@@ -81,7 +82,10 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
 
 
 _EMPTY_SCRIPT = re.compile(r'<script src="">\s*</script>')
+# nbconvert's Mermaid loader imports mermaid from a CDN when a page has diagrams; lessons have none, and
+# the site must not point at the internet.
+_MERMAID_LOADER = re.compile(r'<script type="module">(?:(?!</script>).)*?mermaid(?:(?!</script>).)*?</script>', re.S)
 
 
 def on_post_page(output: str, page, config) -> str:
-    return _EMPTY_SCRIPT.sub("", output)
+    return _MERMAID_LOADER.sub("", _EMPTY_SCRIPT.sub("", output))
