@@ -290,3 +290,11 @@ def test_failure_messages_are_actionable():
     assert "NaN" in grade("phi_matrix", phi_nan_constant)
     assert "centred square" in grade("preprocess", preprocess_squash)
     assert "in place" in grade("preprocess", preprocess_mutates_input)
+
+
+def test_the_data_packages_equivalents_are_blocked_too():
+    from faceedu.data import celebamask
+
+    with pytest.raises(ReferenceUsed, match="faceedu.data.celebamask.face_hair_hat_mask"):
+        lesson00.check_face_hair_hat_mask(lambda m: celebamask.face_hair_hat_mask(m))
+    assert celebamask.face_hair_hat_mask(torch.tensor([0, 1])).tolist() == [False, True]
