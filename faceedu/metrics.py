@@ -1,0 +1,294 @@
+"""How good is an image, and did an edit work? The numbers every lesson reports.
+
+Image fidelity (per image, then averaged; each whole-image and masked to the face):
+  SSIM, MS-SSIM (Wang et al. 2004, 2003), PSNR, l1 (MAE), l2 (MSE). The SSIM window is the one in
+  `faceedu.losses` (Gaussian 11, sigma 1.5: scikit-image's `gaussian_weights=True`). Masked variants average
+  only over pixels (or SSIM windows centred) on the mask.
+Edits, refereed by the judges (`faceedu.models.judges`):
+  edit success rate      the target attribute reads as asked after the edit (per the attribute judge);
+  attribute preservation the other attributes read as they did before the edit;
+  identity similarity    cosine of the identity judge's embeddings before and after, and how often it
+                         clears the judge's same-person threshold;
+  expression transfer    translated faces read as the target expression (per the expression judge).
+`faceedu eval judges` prints the judges' own test-split figures; every result is a dict that
+`format_table` prints and `json.dumps` writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, fine to coarse
+
+
+# --- SSIM: the losses' implementation when it is there -------------------------------------------------
+
+def _ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: float = 1.5):
+    """(SSIM map, contrast-structure map), each (B, C, H - w + 1, W - w + 1), data range 1."""
+    try:
+        from faceedu.losses import ssim_map
+    except ImportError:  # faceedu.losses not there yet: the same equations, written out
+        ssim_map = None
+    if ssim_map is not None:
+        return ssim_map(x, y, 1.0, window_size, sigma, return_cs=True)
+    r = torch.arange(window_size, dtype=torch.float64) - (window_size - 1) / 2
+    g = torch.exp(-r ** 2 / (2 * sigma ** 2))
+    g = (g / g.sum()).to(x)
+    weight = torch.outer(g, g)[None, None].expand(x.shape[1], 1, window_size, window_size)
+    blur = lambda t: F.conv2d(t, weight, groups=x.shape[1])  # noqa: E731
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    var_x, var_y, cov = blur(x * x) - mu_x ** 2, blur(y * y) - mu_y ** 2, blur(x * y) - mu_x * mu_y
+    cs = (2 * cov + c2) / (var_x + var_y + c2)
+    return (2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1) * cs, cs
+
+
+def _window_mask(mask: torch.Tensor, window_size: int) -> torch.Tensor:
+    pad = (window_size - 1) // 2
+    return mask[..., pad:mask.shape[-2] - pad, pad:mask.shape[-1] - pad]
+
+
+def _per_image_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over (C, H, W) per image, or over the pixels where `mask` (B, 1, H, W) is on."""
+    if mask is None:
+        return values.flatten(1).mean(1)
+    weights = mask.expand_as(values)
+    return (values * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp_min(1e-8)
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, window_size: int = 11) -> torch.Tensor:
+    """Per-image SSIM (B,), images in [0, 1]; with a mask, over the windows centred on it."""
+    s, _ = _ssim_map(x, y, window_size)
+    return _per_image_mean(s, None if mask is None else _window_mask(mask, window_size))
+
+
+def ms_ssim(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, window_size: int = 11) -> torch.Tensor:
+    """Per-image MS-SSIM (B,). 64x64 faces fit only the first three scales of the 11-pixel window; as in
+    `faceedu.losses.ms_ssim`, the weights of the scales used are renormalised. With a mask, each scale
+    averages over windows centred on the mask (average-pooled with the image)."""
+    scales = 1
+    while scales < len(MS_SSIM_WEIGHTS) and min(x.shape[-2:]) // 2 ** scales >= window_size:
+        scales += 1
+    weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=x.dtype)
+    weights = weights / weights.sum()
+    result = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+    for j in range(scales):
+        s, cs = _ssim_map(x, y, window_size)
+        term = s if j == scales - 1 else cs
+        value = _per_image_mean(term, None if mask is None else _window_mask(mask, window_size)).clamp_min(0)
+        result = result * value ** weights[j]
+        if j < scales - 1:
+            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+            mask = None if mask is None else F.avg_pool2d(mask, 2)
+    return result
+
+
+def l1(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    return _per_image_mean((x - y).abs(), mask)
+
+
+def l2(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    return _per_image_mean((x - y) ** 2, mask)
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image PSNR in dB for data range 1 (capped at 100 dB for identical images)."""
+    return (10 * torch.log10(1 / l2(x, y, mask).clamp_min(1e-10))).clamp_max(100)
+
+
+IMAGE_METRICS = {"ssim": ssim, "ms_ssim": ms_ssim, "psnr": psnr, "l1": l1, "l2": l2}
+
+
+@torch.no_grad()
+def image_metrics(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, float]:
+    """Mean of every image metric over the batch, whole-image and (with `mask`) masked: {"ssim": ..., "ssim_masked": ...}."""
+    x, y = x.float(), y.float()
+    out = {name: float(fn(x, y).mean()) for name, fn in IMAGE_METRICS.items()}
+    if mask is not None:
+        out |= {f"{name}_masked": float(fn(x, y, mask.float()).mean()) for name, fn in IMAGE_METRICS.items()}
+    return out
+
+
+# --- edits, refereed by the judges ----------------------------------------------------------------------
+
+@torch.no_grad()
+def _predict_attributes(judge, images: torch.Tensor) -> torch.Tensor:
+    device = next(judge.parameters()).device
+    return torch.cat([judge.predict(images[i:i + 500].to(device)).cpu() for i in range(0, len(images), 500)])
+
+
+def edit_success_rate(judge, edited: torch.Tensor, attribute: str, target: float | torch.Tensor = 1.0) -> float:
+    """Share of edited images in which the attribute judge reads `attribute` as `target` (0/1, or one per image)."""
+    predicted = _predict_attributes(judge, edited)[:, judge.index(attribute)]
+    target = torch.as_tensor(target, dtype=predicted.dtype).expand_as(predicted)
+    return float((predicted == target).float().mean())
+
+
+def attribute_preservation(judge, original: torch.Tensor, edited: torch.Tensor,
+                           changed: Sequence[str] = ()) -> dict[str, Any]:
+    """How often each attribute not in `changed` reads the same after the edit as before: the mean and per attribute."""
+    before, after = _predict_attributes(judge, original), _predict_attributes(judge, edited)
+    kept = [(i, name) for i, name in enumerate(judge.attributes) if name not in set(changed)]
+    per = {name: float((before[:, i] == after[:, i]).float().mean()) for i, name in kept}
+    return {"mean": sum(per.values()) / max(1, len(per)), "per_attribute": per}
+
+
+@torch.no_grad()
+def identity_similarity(judge, original: torch.Tensor, edited: torch.Tensor) -> dict[str, float]:
+    """Mean cosine between the identity embeddings before and after, and the share above the same-person threshold."""
+    device = next(judge.parameters()).device
+    cos = torch.cat([judge.similarity(original[i:i + 500].to(device), edited[i:i + 500].to(device)).cpu()
+                     for i in range(0, len(original), 500)])
+    return {"mean_cosine": float(cos.mean()), "same_person_rate": float((cos > judge.threshold).float().mean()),
+            "threshold": judge.threshold}
+
+
+@torch.no_grad()
+def identity_retrieval(embed, original: torch.Tensor, edited: torch.Tensor, metric: str = "cosine") -> dict[str, float]:
+    """Threshold-free identity preservation: for each edited face, the rank of its own original among all
+    the originals (1 = it is the closest), and its distance relative to the median distance to the other
+    originals (< 1: closer to itself than to others). `embed` maps images to (N, D): the identity judge
+    (metric "cosine") or dlib's descriptors (`DlibFaces().embed`, metric "euclidean")."""
+    a, b = embed(original).float(), embed(edited).float()
+    if metric == "cosine":
+        a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+        distance = 1 - b @ a.t()  # (N edited, N originals)
+    else:
+        distance = torch.cdist(b, a)
+    own = distance.diagonal()
+    rank = (distance < own[:, None]).sum(1) + 1
+    others = distance.masked_fill(torch.eye(len(a), dtype=torch.bool), float("nan"))
+    relative = own / others.nanmedian(dim=1).values.clamp_min(1e-8)
+    return {"top1": float((rank == 1).float().mean()), "mean_rank": float(rank.float().mean()),
+            "relative_distance": float(relative.mean()), "candidates": len(a)}
+
+
+@torch.no_grad()
+def expression_transfer_rate(judge, translated: torch.Tensor, target: str | torch.Tensor) -> float:
+    """Share of translated faces that the expression judge reads as `target` (a code like "HA", or indices)."""
+    device = next(judge.parameters()).device
+    predicted = torch.cat([judge.predict(translated[i:i + 500].to(device)).cpu() for i in range(0, len(translated), 500)])
+    if isinstance(target, str):
+        target = torch.full_like(predicted, judge.expressions.index(target))
+    return float((predicted == target).float().mean())
+
+
+def edit_report(judges, original: torch.Tensor, edited: torch.Tensor, attribute: str, target: float | torch.Tensor,
+                mask: torch.Tensor | None = None) -> dict[str, Any]:
+    """Everything about one attribute edit: success, preservation, identity, and the image metrics before vs after."""
+    report = {"attribute": attribute, "images": len(original),
+              "edit_success_rate": edit_success_rate(judges.attributes, edited, attribute, target),
+              "attribute_preservation": attribute_preservation(judges.attributes, original, edited, [attribute])["mean"]}
+    if judges.identity is not None:
+        report |= {f"identity_{k}": v for k, v in identity_similarity(judges.identity, original, edited).items()}
+    return report | image_metrics(original, edited, mask)
+
+
+# --- printing -------------------------------------------------------------------------------------------
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
+    return str(value)
+
+
+def format_table(rows: Sequence[dict[str, Any]] | dict[str, Any], columns: Sequence[str] | None = None) -> str:
+    """A readable fixed-width table: one row per dict (a single dict: two columns, name and value)."""
+    if isinstance(rows, dict):
+        rows = [{"metric": k, "value": v} for k, v in rows.items() if not isinstance(v, (dict, list))]
+    columns = list(columns or dict.fromkeys(k for row in rows for k in row))
+    cells = [[_cell(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    numeric = [all(r[i].replace(",", "").replace(".", "").replace("-", "").replace("%", "").isdigit() or r[i] == "-"
+                   for r in cells if r[i]) for i in range(len(columns))]
+    line = lambda values: "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric))  # noqa: E731
+    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+# --- `faceedu eval` -------------------------------------------------------------------------------------
+
+def evaluate_judges(root: Path | str, weights: Path | str | None = None) -> dict[str, Any]:
+    """The shipped (or given) judges on the test splits under `root`: attribute accuracy (mean and per
+    attribute), expression accuracy on unseen subjects, identity verification on unseen identities."""
+    from faceedu.models.judges import attribute_accuracy, expression_accuracy, identity_verification, load_judges
+    from faceedu.train.judge import face_split, jaffe_split
+
+    judges = load_judges(weights)
+    results: dict[str, Any] = {}
+    if judges.attributes is not None or judges.identity is not None:
+        images, attr, identity, names = face_split(root, "test", None)
+        if judges.attributes is not None:
+            columns = [names.index(n) for n in judges.attributes.attributes]
+            results["attributes"] = attribute_accuracy(judges.attributes, images, attr[:, columns], judges.attributes.attributes)
+        if judges.identity is not None:
+            results["identity"] = identity_verification(judges.identity, images, identity)
+    if judges.expression is not None:
+        images, labels, codes = jaffe_split(root, "test")
+        results["expression"] = expression_accuracy(judges.expression, images, labels, codes)
+    return results
+
+
+def judges_table(results: dict[str, Any]) -> str:
+    """The headline figure of each judge, then per-attribute accuracy next to each attribute's positive rate."""
+    rows = []
+    if "attributes" in results:
+        rows.append({"judge": "attributes", "figure": "mean attribute accuracy", "value": results["attributes"]["mean_accuracy"]})
+    if "expression" in results:
+        rows.append({"judge": "expression", "figure": "accuracy, unseen subjects", "value": results["expression"]["accuracy"]})
+    if "identity" in results:
+        rows.append({"judge": "identity", "figure": "verification accuracy, unseen identities",
+                     "value": results["identity"]["verification_accuracy"]})
+    text = format_table(rows)
+    if "attributes" in results:
+        per, rate = results["attributes"]["per_attribute"], results["attributes"]["positive_rate"]
+        text += "\n\n" + format_table([{"attribute": n, "accuracy": a, "positive rate": rate[n]} for n, a in per.items()])
+    if "expression" in results:
+        text += "\n\n" + format_table([{"expression": e, "accuracy": a} for e, a in results["expression"]["per_expression"].items()])
+    return text
+
+
+def judges_markdown(results: dict[str, Any]) -> str:
+    """The same figures as markdown tables, for the docs."""
+    lines = ["| judge | figure | value |", "|---|---|---|"]
+    if "attributes" in results:
+        lines.append(f"| attributes | mean attribute accuracy ({results['attributes']['images']} test faces) | "
+                     f"{results['attributes']['mean_accuracy']:.2%} |")
+    if "expression" in results:
+        lines.append(f"| expression | accuracy on unseen subjects ({results['expression']['images']} images) | "
+                     f"{results['expression']['accuracy']:.2%} |")
+    if "identity" in results:
+        r = results["identity"]
+        lines.append(f"| identity | verification accuracy, {r['pairs']} pairs of {r['identities']} unseen identities "
+                     f"(threshold {r['threshold']:.3f} from the validation split) | {r['verification_accuracy']:.2%} |")
+    if "attributes" in results:
+        per, rate = results["attributes"]["per_attribute"], results["attributes"]["positive_rate"]
+        lines += ["", "| attribute | accuracy | positive rate |", "|---|---|---|"]
+        lines += [f"| {n} | {a:.2%} | {rate[n]:.1%} |" for n, a in per.items()]
+    if "expression" in results:
+        lines += ["", "| expression | " + " | ".join(results["expression"]["per_expression"]) + " |",
+                  "|---|" + "---|" * len(results["expression"]["per_expression"]),
+                  "| accuracy | " + " | ".join(f"{a:.0%}" for a in results["expression"]["per_expression"].values()) + " |"]
+    return "\n".join(lines) + "\n"
+
+
+def run_eval(args) -> int:
+    """`faceedu eval judges`: print the table, optionally write JSON and markdown."""
+    results = evaluate_judges(args.root, args.weights)
+    print(judges_table(results))
+    if getattr(args, "markdown", None):
+        Path(args.markdown).write_text(judges_markdown(results))
+        print(f"\nWrote {args.markdown}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"\nWrote {args.json}")
+    return 0

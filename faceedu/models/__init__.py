@@ -1,0 +1,1 @@
+"""The course's models, one file per paper."""

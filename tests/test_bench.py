@@ -1,0 +1,40 @@
+"""`faceedu bench` runs and reports sane numbers (nothing here asserts a speed)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from faceedu import bench
+
+
+def test_bench_reports_sane_numbers(tmp_path):
+    report = bench.run(models=["judge-identity"], steps=2, warmup=1, verbose=False)
+    assert report["matmul_peak_gflops"] > 0.1 and report["machine"]["device"] in ("cpu", "cuda:0", "mps")
+    (row,) = report["results"]
+    assert row["model"] == "judge-identity" and row["preset"] == "quick" and row["batch"] == 64
+    assert math.isfinite(row["images_per_s"]) and row["images_per_s"] > 0
+    # the backbone is ~36 M multiply-adds a face: ~0.07 GFLOP forward, about three times that with backward
+    assert 0.1 < row["gflop_per_image"] < 0.4, row["gflop_per_image"]
+    assert abs(row["achieved_gflops"] - row["gflop_per_image"] * row["images_per_s"]) < 1e-6 * row["achieved_gflops"] + 1e-9
+    assert 0 < row["peak_fraction"] < 10  # a ratio, not a percentage; noisy on a shared machine
+    assert row["peak_memory_mb"] is None or row["peak_memory_mb"] > 10
+    page = bench.markdown(report)
+    assert "| judge-identity | quick | 64 |" in page and "GFLOP/s" in page
+    assert "judge-identity" in bench.table(report)
+
+
+def test_bench_command_writes_json_and_page(tmp_path, capsys):
+    from faceedu.cli import main
+
+    out, page = tmp_path / "bench.json", tmp_path / "benchmarks.md"
+    assert main(["bench", "--models", "judge-expression", "--steps", "2", "--warmup", "1",
+                 "--json", str(out), "--markdown", str(page)]) == 0
+    assert "judge-expression" in capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert [r["model"] for r in saved["results"]] == ["judge-expression"]
+    assert page.read_text().startswith("# Benchmarks")
+
+
+def test_discover_skips_models_without_the_preset():
+    assert bench.discover(["no-such-preset"]) == []
