@@ -7,7 +7,10 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # files, not windows: the course renders to PNG (notebooks switch to inline)
+# Files, not windows: the course renders to PNG. A notebook's inline backend is kept, or importing the
+# training loop (which saves its figures through this module) would silence every later plt.show().
+if "inline" not in matplotlib.get_backend():
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 

@@ -1,0 +1,321 @@
+"""The face VAE with a mask decoder of Toledo & Antonelo, "Face Reconstruction with Variational
+Autoencoder and Face Masks" (ENIAC 2021, arXiv 2112.02139; code tldrafael/FaceReconstructionWithVAEAndFaceMasks).
+
+A VAE (Kingma & Welling, 2014) encodes a face x into a Gaussian q(z|x) = N(mu, diag(sigma^2)), samples
+
+    z = mu + sigma * eps,  eps ~ N(0, I),  sigma = exp(logvar / 2)             (reparameterisation)
+
+and decodes z twice: an image decoder predicts the face, a mask decoder predicts the face+hair+hat mask.
+The image losses see only face pixels because the prediction is pasted onto the input first:
+
+    out = pred * m + x * (1 - m)                                               (composition)
+
+with m the ground-truth mask in training and the predicted mask at inference (so a trained model needs
+only an image). The loss of one step is
+
+    L = image_loss(out, x) + w_mask (BCE(m_hat, m) + Dice loss(m_hat, m)) + w_kl KL(q(z|x) || N(0, I))
+
+where image_loss is a weighted sum of (2 - SSIM), MAE and MSE; the paper's default is
+(2 - SSIM, window 9) + 4 MAE + 100 MSE with w_kl = 1e-3 on the KL averaged over latent dimensions.
+
+The original code samples ``z = mu + eps * z_log_var`` (no exponential: the log-variance is used as a
+standard deviation) while its KL treats the same output as log sigma. At the KL optimum (log sigma = 0) the
+sampled noise is therefore zero and the model behaves like a regularised autoencoder. This module does
+it right: sigma = exp(logvar / 2). Everything else follows the paper's code; differences are noted where
+they occur.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from faceedu import losses as L
+
+# --- configuration ------------------------------------------------------------------------------------
+
+
+@dataclass
+class VAEConfig:
+    """Architecture, losses and optimisation of one VAE; presets below. Defaults = the paper (`full`)."""
+
+    image_size: int = 144                     # CelebA aligned 178x218 squashed to 144x144 (paper)
+    crop: str = "squash"                      # "squash" as the paper; "center" = CenterCrop(148)+Resize
+    # encoder: conv3x3+BN+ELU widths per stage; every stage ends with a 2x2 max-pool (144 -> 1 in 7)
+    encoder: tuple[tuple[int, ...], ...] = ((32, 32), (64, 64), (128, 128), (256, 256), (256,), (256,), (512,))
+    dense: int = 512                          # Dense + ELU between the encoder and (mu, logvar)
+    dense_bn: bool = False                    # the poster model adds BatchNorm after its Dense(1024)
+    latent: int = 512
+    # decoders: z is reshaped to (channels, side, side); a Linear projects first if the sizes differ
+    decoder_in: tuple[int, int] = (512, 1)
+    decoder: tuple[int, ...] = (256, 256, 256, 128, 64, 32, 32)  # one transposed-conv stage each (x2)
+    decoder_convs: int = 1                    # conv3x3+BN+ELU after each transposed conv
+    mask_decoder: tuple[int, ...] = (32,) * 7  # same layout, 32 filters, one sigmoid channel
+    use_mask: bool = True                     # False: no mask branch, losses on the whole image
+    # losses (weights as the paper's code)
+    image_losses: tuple[str, ...] = ("ssim", "l1", "l2")
+    ssim_weight: float = 1.0                  # (2 - SSIM)
+    l1_weight: float = 4.0
+    l2_weight: float = 100.0
+    ssim_window: int = 9                      # tf.image.ssim(filter_size=9)
+    mask_weight: float = 1.0                  # BCE + Dice(smooth 1)
+    kl_weight: float = 1e-3
+    kl_average_dims: bool = True              # the code averages the KL over latent dims before weighting
+    # optimisation
+    lr: float = 1e-4                          # Adam
+    lr_min: float = 1e-5                      # lr / lr_decay every lr_decay_epochs epochs, not below this
+    lr_decay: float = 3.0
+    lr_decay_epochs: float = 10.0
+    clip_norm: float = 1e-3                   # Keras clipnorm: each parameter's gradient norm clipped alone
+    batch_size: int = 32
+    epochs: float = 100.0                     # x 4000 steps of 32 in the paper's code (128k images/epoch)
+    epoch_images: int = 128_000
+
+    def __post_init__(self) -> None:
+        self.encoder = tuple(tuple(stage) for stage in self.encoder)
+        self.decoder, self.mask_decoder = tuple(self.decoder), tuple(self.mask_decoder)
+        self.decoder_in, self.image_losses = tuple(self.decoder_in), tuple(self.image_losses)
+        unknown = set(self.image_losses) - {"ssim", "l1", "l2"}
+        if unknown or not self.image_losses:
+            raise ValueError(f"image_losses must be a non-empty subset of ssim, l1, l2; got {self.image_losses}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "VAEConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+PRESETS: dict[str, VAEConfig] = {
+    # The paper: 144x144 CelebA, encoder to 1x1x512, latent 512, decoders from 1x1x512.
+    "full": VAEConfig(),
+    # The poster's larger model: Dense(1024)+BatchNorm, latent 2048 reshaped to 2x2x512, larger decoders.
+    "poster": VAEConfig(encoder=((32, 32), (64, 64), (128, 128), (256, 256), (256,), (256,), (512,)),
+                        dense=1024, dense_bn=True, latent=2048, decoder_in=(512, 2),
+                        decoder=(512, 256, 256, 128, 64, 32), mask_decoder=(64, 64, 32, 32, 32, 32)),
+    # CPU minutes on 64x64 SynthFaces: one conv per stage, strided down to 4x4, a projected decoder input.
+    "quick": VAEConfig(image_size=64, crop="center",
+                       encoder=((32,), (64,), (128,), (128,)), dense=256, latent=128,
+                       decoder_in=(128, 4), decoder=(128, 64, 32, 32), decoder_convs=1,
+                       mask_decoder=(32, 16, 8, 8), lr=1e-3, lr_min=1e-4, lr_decay_epochs=4, clip_norm=0.0,
+                       batch_size=32, epochs=6, epoch_images=24_000, kl_weight=1e-3),
+}
+
+
+def preset(name: str, **overrides) -> VAEConfig:
+    """A copy of a named preset with some fields changed, e.g. ``preset("quick", use_mask=False)``."""
+    if name not in PRESETS:
+        raise KeyError(f"no VAE preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+# --- building blocks ----------------------------------------------------------------------------------
+
+
+def conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    """Conv3x3 (same padding) + BatchNorm + ELU, the paper's ConvBlock."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ELU())
+
+
+def up_block(c_in: int, c_out: int, odd: bool) -> nn.Sequential:
+    """Transposed conv3x3 stride 2 + BatchNorm + ELU: side n -> 2n (or 2n + 1 when `odd`, the paper's
+    'valid' stage that turns 4 into 9 on the way to 144)."""
+    up = nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=0 if odd else 1, output_padding=0 if odd else 1)
+    return nn.Sequential(up, nn.BatchNorm2d(c_out), nn.ELU())
+
+
+def stage_sides(image_size: int, stages: int) -> list[int]:
+    """Sides after each 2x2 max-pool (floor): 144, 72, 36, 18, 9, 4, 2, 1."""
+    sides = [image_size]
+    for _ in range(stages):
+        sides.append(sides[-1] // 2)
+    return sides
+
+
+# --- the networks -------------------------------------------------------------------------------------
+
+
+class EncoderHead(nn.Module):
+    """Features (B, F) -> (mu, logvar): two independent affine maps. logvar has no activation, so any
+    real value (any positive variance) is reachable."""
+
+    def __init__(self, in_features: int, latent: int):
+        super().__init__()
+        self.mu = nn.Linear(in_features, latent)
+        self.logvar = nn.Linear(in_features, latent)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mu(h), self.logvar(h)
+
+
+class Encoder(nn.Module):
+    """x (B, 3, S, S) -> (mu, logvar), each (B, latent). `head` replaces the EncoderHead (lesson 01 plugs
+    in the learner's)."""
+
+    def __init__(self, config: VAEConfig, head: nn.Module | None = None):
+        super().__init__()
+        layers, c = [], 3
+        for widths in config.encoder:
+            for width in widths:
+                layers.append(conv_block(c, width))
+                c = width
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        side = stage_sides(config.image_size, len(config.encoder))[-1]
+        if side < 1:
+            raise ValueError(f"{len(config.encoder)} max-pools leave nothing of a {config.image_size}px image")
+        dense = [nn.Linear(c * side * side, config.dense)]
+        if config.dense_bn:
+            dense.append(nn.BatchNorm1d(config.dense))
+        self.dense = nn.Sequential(*dense, nn.ELU())
+        self.head = head if head is not None else EncoderHead(config.dense, config.latent)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(x).flatten(1)         # (B, C * side * side), 512 for the paper
+        h = self.dense(h)                       # (B, dense)
+        return self.head(h)                     # (mu, logvar), (B, latent) each
+
+
+def reparameterise(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """z = mu + sigma * eps with sigma = exp(logvar / 2): a sample of N(mu, sigma^2) through which
+    gradients reach mu and logvar (the noise eps carries no parameters)."""
+    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+
+class Decoder(nn.Module):
+    """z (B, latent) -> (B, channels, S, S) in [0, 1]: reshape (or project) to (c, s, s), then one
+    transposed-conv stage per entry of `widths`, each doubling the side, then a sigmoid conv3x3."""
+
+    def __init__(self, config: VAEConfig, widths: tuple[int, ...], channels: int):
+        super().__init__()
+        c0, side = config.decoder_in
+        if c0 * side * side == config.latent:
+            self.project = nn.Identity()        # the paper: Reshape((1, 1, 512)) of z itself
+        else:
+            self.project = nn.Sequential(nn.Linear(config.latent, c0 * side * side), nn.ELU())
+        self.start = (c0, side, side)
+        targets = stage_sides(config.image_size, len(widths))[::-1]   # e.g. 1, 2, 4, 9, 18, 36, 72, 144
+        if targets[0] != side:
+            raise ValueError(f"{len(widths)} decoder stages from side {side} cannot reach {config.image_size}: "
+                             f"they would start from side {targets[0]}")
+        layers, c = [], c0
+        for width, before, after in zip(widths, targets[:-1], targets[1:]):
+            layers.append(up_block(c, width, odd=after == 2 * before + 1))
+            layers.extend(conv_block(width, width) for _ in range(config.decoder_convs))
+            c = width
+        layers += [nn.Conv2d(c, channels, 3, padding=1), nn.Sigmoid()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.project(z).view(len(z), *self.start)   # (B, c0, s, s)
+        return self.net(h)                              # (B, channels, S, S)
+
+
+class VAEOutput(NamedTuple):
+    pred: torch.Tensor                  # (B, 3, S, S) the image decoder's output
+    mask: torch.Tensor | None           # (B, 1, S, S) predicted face+hair+hat mask (None without a mask branch)
+    mu: torch.Tensor                    # (B, latent)
+    logvar: torch.Tensor                # (B, latent)
+    z: torch.Tensor                     # (B, latent) the code that was decoded
+
+
+class FaceVAE(nn.Module):
+    """Encoder, reparameterisation, image decoder and (optionally) mask decoder. `head` and `sampler`
+    replace the encoder head and the reparameterisation (the lessons plug in the learner's)."""
+
+    def __init__(self, config: VAEConfig | None = None, head: nn.Module | None = None, sampler=None):
+        super().__init__()
+        self.config = config = config or VAEConfig()
+        self.sampler = sampler or reparameterise
+        self.encoder = Encoder(config, head)
+        self.image_decoder = Decoder(config, config.decoder, 3)
+        self.mask_decoder = Decoder(config, config.mask_decoder, 1) if config.use_mask else None
+
+    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.image_decoder(z), self.mask_decoder(z) if self.mask_decoder is not None else None
+
+    def forward(self, x: torch.Tensor, sample: bool | None = None) -> VAEOutput:
+        """Encode and decode; `sample` (default: in training mode) draws z, otherwise z = mu."""
+        mu, logvar = self.encoder(x)
+        sample = self.training if sample is None else sample
+        z = self.sampler(mu, logvar) if sample else mu
+        pred, mask = self.decode(z)
+        return VAEOutput(pred, mask, mu, logvar, z)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, sample: bool = False) -> dict[str, torch.Tensor]:
+        """Inference as in the paper's predictor: z = mu, and the prediction pasted onto the input with the
+        *predicted* mask. Returns "out" (the final image), "pred" and, with a mask branch, "mask"."""
+        out = self(x, sample=sample)
+        result = {"pred": out.pred, "out": out.pred}
+        if out.mask is not None:
+            result["mask"] = out.mask
+            result["out"] = L.compose(out.pred, x, out.mask)
+        return result
+
+
+def parameter_count(module: nn.Module, with_buffers: bool = False) -> int:
+    """Trainable parameters; with_buffers adds BatchNorm running statistics, which Keras counts in its
+    'Total params' (so the poster's 16,630,564 compares with this form)."""
+    n = sum(p.numel() for p in module.parameters())
+    if with_buffers:
+        n += sum(b.numel() for name, b in module.named_buffers() if not name.endswith("num_batches_tracked"))
+    return n
+
+
+# --- the losses of one step -----------------------------------------------------------------------------
+
+
+def vae_losses(config: VAEConfig, out: VAEOutput, x: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Every term of the training loss and their weighted sum "loss". With a mask branch the image losses
+    compare x with the composition under the ground-truth mask, so they only see face pixels."""
+    terms: dict[str, torch.Tensor] = {}
+    if config.use_mask:
+        if mask is None:
+            raise ValueError("this VAE trains with masks (use_mask=True) but the batch has none")
+        image = L.compose(out.pred, x, mask)     # (B, 3, S, S): prediction on the face, input elsewhere
+    else:
+        image = out.pred
+    total = x.new_zeros(())
+    if "ssim" in config.image_losses:
+        terms["ssim"] = L.ssim_loss(image, x, window_size=config.ssim_window)
+        total = total + config.ssim_weight * terms["ssim"]
+    if "l1" in config.image_losses:
+        terms["l1"] = L.mae(image, x)
+        total = total + config.l1_weight * terms["l1"]
+    if "l2" in config.image_losses:
+        terms["l2"] = L.mse(image, x)
+        total = total + config.l2_weight * terms["l2"]
+    if config.use_mask:
+        terms["bce"] = L.bce(out.mask, mask)
+        terms["dice"] = L.dice_loss(out.mask, mask)
+        total = total + config.mask_weight * (terms["bce"] + terms["dice"])
+    terms["kl"] = L.kl_divergence(out.mu, out.logvar)
+    kl = terms["kl"] / out.mu.shape[1] if config.kl_average_dims else terms["kl"]
+    terms["loss"] = total + config.kl_weight * kl
+    return terms
+
+
+def lr_factor(config: VAEConfig, step: int) -> float:
+    """Learning-rate multiplier after `step` steps: divided by `lr_decay` every `lr_decay_epochs` epochs,
+    never below lr_min / lr (the paper: 1e-4, / 3 every 10 epochs, down to 1e-5)."""
+    steps_per_epoch = max(1, config.epoch_images // config.batch_size)
+    drops = math.floor(step / (config.lr_decay_epochs * steps_per_epoch))
+    return max(config.lr_decay ** -drops, config.lr_min / config.lr)
+
+
+def clip_per_parameter(parameters, max_norm: float) -> None:
+    """Keras' clipnorm: each parameter's gradient is rescaled to norm <= max_norm on its own (unlike
+    torch.nn.utils.clip_grad_norm_, which clips the norm of all gradients together)."""
+    if max_norm <= 0:
+        return
+    for p in parameters:
+        if p.grad is not None:
+            norm = p.grad.norm()
+            p.grad.mul_((max_norm / (norm + 1e-12)).clamp(max=1.0))

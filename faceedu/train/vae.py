@@ -1,0 +1,240 @@
+"""Training the face VAE on the shared loop: the Task (one step reads like the paper's training), the
+data it wants, and `train_vae`, which `faceedu train vae`, the ablation and the tests call."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from faceedu.models.vae import FaceVAE, VAEConfig, clip_per_parameter, lr_factor, preset, vae_losses
+from faceedu.train.loop import LoopConfig, train
+
+
+class VAETask:
+    """Adam on every parameter, the learning rate divided by 3 every 10 epochs down to 1e-5 (paper),
+    per-parameter gradient-norm clipping as Keras' clipnorm."""
+
+    def __init__(self, config: VAEConfig, seed: int = 0, vae: FaceVAE | None = None, loss_fn=None):
+        torch.manual_seed(seed)
+        self.config = config
+        self.vae = vae if vae is not None else FaceVAE(config)
+        self.loss_fn = loss_fn or vae_losses             # (config, out, x, mask) -> {"loss": ..., terms}
+        optimizer = torch.optim.Adam(self.vae.parameters(), lr=config.lr)
+        self.optimizers = {"vae": optimizer}
+        self.schedulers = {"vae": torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))}
+
+    @property
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"vae": self.vae}
+
+    def step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        x, mask = batch["image"], batch.get("mask")
+        out = self.vae(x)                                   # z = mu + sigma * eps in training mode
+        terms = self.loss_fn(self.config, out, x, mask)
+        optimizer = self.optimizers["vae"]
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        clip_per_parameter(self.vae.parameters(), self.config.clip_norm)
+        optimizer.step()
+        return {k: v.detach() for k, v in terms.items()}
+
+    def samples(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Rows of 8 (the poster's figures 7-8): originals, reconstructions, true masks, predicted masks."""
+        return sample_rows(getattr(self.vae, "module", self.vae), batch["image"][:8], batch.get("mask", None))
+
+
+def sample_rows(vae: FaceVAE, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(4N or 2N, 3, S, S): original | reconstruction | true mask | predicted mask, one row each."""
+    result = vae.reconstruct(x)
+    rows = [x, result["out"]]
+    if "mask" in result:
+        if mask is not None:
+            rows.append(mask[: len(x)].expand(-1, 3, -1, -1))
+        rows.append(result["mask"].expand(-1, 3, -1, -1))
+    return torch.cat(rows).float()
+
+
+def load_data(root: Path | str, split: str, config: VAEConfig, limit: int | None = None):
+    """The split as in-memory tensors at the model's size, with face+hair+hat masks."""
+    from faceedu.data.tensors import load_face_tensors
+
+    return load_face_tensors(root, split, size=config.image_size, masks=True, crop=config.crop, limit=limit)
+
+
+def default_steps(config: VAEConfig) -> int:
+    return max(1, round(config.epochs * config.epoch_images / config.batch_size))
+
+
+def train_vae(config: VAEConfig, run_dir: Path | str, root: Path | str, steps: int | None = None,
+              loop: LoopConfig | None = None, dataset: Any = None, preset_name: str = "custom",
+              seed: int = 0) -> dict:
+    """Train a VAE into `run_dir` (resuming if a checkpoint is there) on the train split under `root`;
+    returns the loop's summary. `dataset` overrides the data (tests pass a small one)."""
+    steps = steps if steps is not None else default_steps(config)
+    loop = loop or LoopConfig()
+    loop = LoopConfig(**(asdict(loop) | {"steps": steps, "batch_size": config.batch_size, "seed": seed}))
+    dataset = dataset if dataset is not None else load_data(root, "train", config)
+    describe = {"model": "vae", "preset": preset_name, "data": str(root), "vae": config.to_dict()}
+    return train(VAETask(config, seed=seed), dataset, run_dir, loop, describe=describe)
+
+
+def load_run(run_dir: Path | str, map_location: str | torch.device = "cpu") -> tuple[FaceVAE, dict]:
+    """The trained VAE of a run folder (eval mode) and its config.json."""
+    import json
+
+    from faceedu.train.loop import CHECKPOINT
+
+    run_dir = Path(run_dir)
+    described = json.loads((run_dir / "config.json").read_text())
+    if described.get("model") != "vae":
+        raise ValueError(f"{run_dir} holds a {described.get('model')!r} run, not a VAE")
+    config = VAEConfig.from_dict(described["vae"])
+    vae = FaceVAE(config)
+    state = torch.load(run_dir / CHECKPOINT, map_location=map_location, weights_only=True)
+    vae.load_state_dict(state["modules"]["vae"])
+    return vae.eval(), described
+
+
+@torch.no_grad()
+def evaluate_vae(vae: FaceVAE, dataset: Any, batch_size: int = 100, device: str | torch.device = "cpu") -> dict[str, float]:
+    """Reconstruction metrics of the image the model returns (z = mu; with a mask branch the prediction
+    pasted onto the input with the predicted mask), over a dataset of {"image", "mask"} items:
+
+    - on the whole image: ssim, ms_ssim, l1_x10, l2_x10 (the paper's table reports 1 - SSIM, 1 - MS-SSIM,
+      10 l1 and 10 l2);
+    - inside the ground-truth face+hair+hat mask: masked_ssim (windows centred on the mask),
+      masked_l1_x10, masked_l2_x10;
+    - the predicted mask (thresholded at 0.5) against the true one: mask_dice, mask_iou.
+    Averages are over images (SSIM) or pixels (l1, l2) of the whole split."""
+    from torch.utils.data import DataLoader
+
+    from faceedu import losses as L
+
+    vae = vae.to(device).eval()
+    sums: dict[str, float] = {}
+    count = 0
+
+    def add(key: str, value: torch.Tensor, n: int) -> None:
+        sums[key] = sums.get(key, 0.0) + float(value) * n
+
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        x, mask = batch["image"].to(device), batch["mask"].to(device)
+        n = len(x)
+        result = vae.reconstruct(x)
+        out = result["out"].clamp(0, 1)
+        add("ssim", L.ssim(out, x), n)
+        add("ms_ssim", L.ms_ssim(out, x), n)
+        add("l1_x10", 10 * L.mae(out, x), n)
+        add("l2_x10", 10 * L.mse(out, x), n)
+        add("masked_ssim", L.ssim(out, x, mask=mask, reduction="none").sum() / n, n)
+        add("masked_l1_x10", 10 * ((out - x).abs() * mask).sum() / (3 * mask.sum()), n)
+        add("masked_l2_x10", 10 * ((out - x).square() * mask).sum() / (3 * mask.sum()), n)
+        if "mask" in result:
+            predicted = (result["mask"] > 0.5).float()
+            add("mask_dice", L.dice(predicted, mask, smooth=1e-6), n)
+            inter = (predicted * mask).flatten(1).sum(1)
+            union = ((predicted + mask) > 0).float().flatten(1).sum(1)
+            add("mask_iou", (inter / union.clamp_min(1)).mean(), n)
+        count += n
+    return {k: round(v / count, 5) for k, v in sums.items()} | {"images": count}
+
+
+def reconstruction_figure(vae: FaceVAE, x: torch.Tensor, mask: torch.Tensor, path: Path | str,
+                          title: str = "") -> Path:
+    """The poster's figures 7-8: for each face a column of original, reconstruction, true mask and
+    predicted mask (the last two only for a VAE with a mask branch)."""
+    import matplotlib.pyplot as plt
+
+    result = vae.reconstruct(x)
+    rows = [("original", x), ("reconstruction", result["out"].clamp(0, 1))]
+    if "mask" in result:
+        rows += [("true mask", mask), ("predicted mask", result["mask"])]
+    fig, axes = plt.subplots(len(rows), len(x), figsize=(1.15 * len(x), 1.2 * len(rows)), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c in range(len(x)):
+            image = images[c].permute(1, 2, 0).squeeze(-1).cpu().numpy()
+            axes[r, c].imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
+            axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
+        axes[r, 0].set_ylabel(label, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+LOSS_LABELS = {"loss": "total loss", "ssim": "2 - SSIM (image)", "l1": "MAE (image)", "l2": "MSE (image)",
+               "bce": "BCE (mask)", "dice": "1 - Dice (mask)", "kl": "KL (nats, summed over z)"}
+
+
+def loss_curves_figure(metrics_jsonl: Path | str, path: Path | str) -> Path:
+    """One panel per loss term against the step, like the poster's figures 3-6, smoothed lightly."""
+    import json
+
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    records = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    keys = [k for k in LOSS_LABELS if k in records[-1]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys), 2.4), squeeze=False)
+    steps = np.array([r["step"] for r in records])
+    for ax, key in zip(axes[0], keys):
+        values = np.array([r.get(key, np.nan) for r in records], dtype=float)
+        ax.plot(steps, values, lw=0.6, alpha=0.35, color="tab:blue")
+        if len(values) >= 5:
+            kernel = np.ones(5) / 5
+            ax.plot(steps[2:-2], np.convolve(values, kernel, mode="valid"), lw=1.3, color="tab:blue")
+        ax.set_title(LOSS_LABELS[key], fontsize=8)
+        ax.set_xlabel("step", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def eval_run(run_dir: Path | str, root: Path | str | None = None, out: Path | str | None = None,
+             limit: int | None = None, device: str = "cpu", split: str = "test") -> dict:
+    """`faceedu eval RUN` for a VAE run: metrics on the test split (eval.json), the reconstruction figure
+    and the loss curves, written to RUN/eval/ (or `out`). Returns the metrics."""
+    import json
+
+    run_dir = Path(run_dir)
+    vae, described = load_run(run_dir)
+    root = Path(root) if root is not None else Path(described["data"])
+    out = Path(out) if out is not None else run_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_data(root, split, vae.config, limit=limit)
+    metrics = evaluate_vae(vae, data, device=device)
+    metrics |= {"split": split, "run": str(run_dir), "preset": described.get("preset"),
+                "use_mask": vae.config.use_mask, "image_losses": list(vae.config.image_losses)}
+    (out / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    vae = vae.cpu()
+    faces = torch.stack([data[i]["image"] for i in range(8)])
+    masks = torch.stack([data[i]["mask"] for i in range(8)])
+    reconstruction_figure(vae, faces, masks, out / "reconstructions.png",
+                          f"{split} split: masked SSIM {metrics['masked_ssim']:.3f}, SSIM {metrics['ssim']:.3f}")
+    if (run_dir / "metrics.jsonl").is_file():
+        loss_curves_figure(run_dir / "metrics.jsonl", out / "loss_curves.png")
+    return metrics
+
+
+def format_metrics(metrics: dict) -> str:
+    """A short table of the figures `evaluate_vae` returns."""
+    names = {"ssim": "SSIM", "ms_ssim": "MS-SSIM", "l1_x10": "10 l1", "l2_x10": "10 l2",
+             "masked_ssim": "SSIM in mask", "masked_l1_x10": "10 l1 in mask", "masked_l2_x10": "10 l2 in mask",
+             "mask_dice": "mask Dice", "mask_iou": "mask IoU"}
+    return "\n".join(f"{label:>14}  {metrics[key]:.4f}" for key, label in names.items() if key in metrics)
+
+
+__all__ = ["VAETask", "train_vae", "load_run", "load_data", "sample_rows", "default_steps", "preset", "evaluate_vae",
+           "eval_run", "reconstruction_figure", "loss_curves_figure", "format_metrics"]
