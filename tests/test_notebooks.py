@@ -43,6 +43,8 @@ def test_notebook_follows_the_lesson_conventions(slug):
         assert "### BEGIN SOLUTION" in source and "### END SOLUTION" in source
         assert re.search(rf"^def {name}\(", source, re.M), f"exercise cell {name} defines {name}()"
         follow = nb.cells[index + 1]
+        points = meta[index + 1].get("points", 0)
+        assert f"({points:g} points)" in nb.cells[index - 1].source, f"{name}: the exercise text states its points"
         assert meta[index + 1].get("grade_id") == f"check_{name}", f"the check cell follows exercise {name}"
         assert f"check_{name}({name})" in follow.source
         assert "### BEGIN HIDDEN TESTS" in follow.source and f"check_{name}({name}, hidden=True)" in follow.source
