@@ -177,13 +177,25 @@ def bench_case(task, batch: Any, device: torch.device, steps: int = 10, warmup: 
             "step_ms_min": min(times) * 1000, "step_ms_max": max(times) * 1000,
             "gflop_per_image": per_image / 1e9, "achieved_gflops": achieved,
             "peak_fraction": achieved / peak_gflops if peak_gflops else None,
-            "peak_memory_mb": peak, "memory_over_start_mb": (peak - before) if peak is not None and before is not None else None,
+            "peak_memory_mb": peak, "memory_over_start_mb": max(0.0, peak - before) if peak is not None and before is not None else None,
             "bf16": bf16 and device.type == "cuda"}
 
 
 def run(models: Sequence[str] | None = None, presets: Sequence[str] = ("quick",), device: str = "auto",
-        steps: int = 10, warmup: int = 3, bf16: bool = False, verbose: bool = True) -> dict[str, Any]:
-    """Benchmark every available model x preset; return {"machine", "matmul_peak_gflops", "results"}."""
+        steps: int = 10, warmup: int = 3, bf16: bool = False, verbose: bool = True,
+        threads: int | None = None) -> dict[str, Any]:
+    """Benchmark every available model x preset; return {"machine", "matmul_peak_gflops", "results"}.
+    `threads` sets torch's CPU threads for the run (peak and models alike), then restores them."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run(models, presets, device, steps, warmup, bf16, verbose)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(models, presets, device, steps, warmup, bf16, verbose) -> dict[str, Any]:
     torch.manual_seed(0)
     dev = pick_device(device)
     dtype = torch.bfloat16 if bf16 and dev.type == "cuda" else torch.float32
@@ -200,7 +212,7 @@ def run(models: Sequence[str] | None = None, presets: Sequence[str] = ("quick",)
             print(f"  {name} [{preset}]: {row['images_per_s']:,.0f} images/s")
     return {"machine": machine(dev) | {"load_average_before": load_before},
             "matmul_peak_gflops": peak, "matmul_dtype": str(dtype).replace("torch.", ""),
-            "command": "faceedu bench" + (" --bf16" if bf16 else ""), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "command": "faceedu bench" + (" --bf16" if bf16 else "") + f" --threads {torch.get_num_threads()}", "date": time.strftime("%Y-%m-%d %H:%M"),
             "steps": steps, "warmup": warmup, "results": results}
 
 
@@ -235,27 +247,31 @@ def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     head = "| " + " | ".join(t for _, t in COLUMNS) + " |\n|" + "|".join("---" for _ in COLUMNS) + "|\n"
     body = "".join("| " + " | ".join(_format(k, r.get(k)) for k, _ in COLUMNS) + " |\n" for r in report["results"])
-    where = m.get("gpu") or f"{m['cpu']}, {m['threads']} threads"
+    where = m.get("gpu") or f"{m['cpu']} ({m['cores']} cores), {m['threads']} thread{'s' if m['threads'] != 1 else ''}"
     return (
         "# Benchmarks\n\n"
         "How fast each model's training step runs, from `faceedu bench` (median of "
         f"{report['steps']} timed steps after {report['warmup']} warm-up steps; FLOPs counted by "
-        "`torch.utils.flop_counter` over one forward+backward step; peak memory is the process's resident "
-        "peak on CPU and the peak CUDA allocation on GPU).\n\n"
+        "`torch.utils.flop_counter` over one forward+backward step; the achieved GFLOP/s are those FLOPs "
+        "times the images/s, next to a square matmul timed on the same threads; peak memory added is "
+        "the rise of the process's resident peak during the case on CPU — approximate, as memory freed by "
+        "an earlier case is reused — and the peak CUDA allocation on GPU).\n\n"
         f"Machine: {where}; torch {m['torch']}; device `{m['device']}`; measured matmul peak "
         f"{report['matmul_peak_gflops']:,.0f} GFLOP/s ({report['matmul_dtype']}); load average "
         f"{m.get('load_average_before')} when it started; {report['date']}.\n\n"
         + head + body +
-        "\nMake it again with `faceedu bench --json bench.json --markdown docs/results/benchmarks.md` "
+        f"\nMake it again with `{report['command']} --json bench.json --markdown docs/benchmarks.md` "
         "(add `--device cuda --bf16` on a GPU). On a shared machine the numbers move with its load: "
-        "compare rows taken together, not across runs.\n"
+        "compare rows taken together, not across runs. When other processes keep the cores busy, one "
+        "thread per process (`--threads 1`, or `OMP_NUM_THREADS=1` for training) is several times faster "
+        "than two, because OpenMP's threads wait on each other.\n"
     )
 
 
 def run_bench(args) -> int:
     """`faceedu bench`."""
     models = None if args.models == "all" else args.models.split(",")
-    report = run(models, args.presets.split(","), args.device, args.steps, args.warmup, args.bf16)
+    report = run(models, args.presets.split(","), args.device, args.steps, args.warmup, args.bf16, threads=args.threads)
     print(table(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     bench.add_argument("--steps", type=int, default=10, help="timed steps after warm-up (median reported)")
     bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's own)")
     bench.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")
     bench.add_argument("--markdown", type=Path, default=None, metavar="FILE", help="also write a docs page")
     bench.set_defaults(func=_bench)

@@ -13,10 +13,13 @@ All three share one small backbone (a stride-2 stem and three stride-2 stages, 6
 passes them around: (N, C, H, W) floats in [0, 1], any size, RGB or grayscale; they resize and convert
 themselves. Small weights trained on SynthFaces ship in `faceedu/weights/` (about 1 MB each, float16) and
 load with no download (`load_judges()`). They were made by exactly this command (SynthFaces: `faceedu data
-synth`, seed 0, 30,000 faces), which trains the three judges on the shared loop and writes their weights
-with their test-split figures:
+synth`, seed 0, 30,000 faces; 2 CPU cores, about 25 minutes), which trains the three judges on the shared
+loop (the identity judge starting from the attribute judge's backbone) and writes their weights with their
+test-split figures (`faceedu eval judges` prints them again):
 
-    faceedu train judge --kind all --root datasets/synthfaces --run runs/judges --export faceedu/weights
+    OMP_NUM_THREADS=1 faceedu train judge --kind all --root datasets/synthfaces --run runs/judges --export faceedu/weights
+
+Another thread count gives slightly different weights (floating-point summation order), not other figures.
 
 On real data (`--data celeba` / `--data jaffe`) the same command trains judges for that data.
 """
@@ -38,7 +41,7 @@ WIDTHS = (32, 64, 128, 160)
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 WEIGHT_FILES = {"attributes": "judge_attributes.pt", "expression": "judge_expression.pt",
                 "identity": "judge_identity.pt"}
-REPRODUCE = "faceedu train judge --kind all --root datasets/synthfaces --run runs/judges --export faceedu/weights"
+REPRODUCE = "OMP_NUM_THREADS=1 faceedu train judge --kind all --root datasets/synthfaces --run runs/judges --export faceedu/weights"
 
 
 # --- input handling -------------------------------------------------------------------------------------
