@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -31,9 +32,24 @@ ARTIFACTS = Path(os.environ.get("FACEEDU_TEST_ARTIFACTS", REPO / "outputs" / "te
 CELL_TIMEOUT = 300
 
 
+_CONFIG: list[Any] = []  # pytest's config, set by the `course_log` fixture
+
+
+@pytest.fixture(autouse=True, scope="module")
+def course_log(pytestconfig):
+    """Lets say() print past pytest's output capture (import it into a test module to enable it)."""
+    _CONFIG[:] = [pytestconfig]
+    yield
+
+
 def say(message: str) -> None:
-    """Print past pytest's capture, so durations of shared steps show in the log."""
-    print(f"\n[course] {message}", file=sys.__stderr__, flush=True)
+    """Print past pytest's capture, so the durations of shared steps show in the log."""
+    manager = _CONFIG[0].pluginmanager.getplugin("capturemanager") if _CONFIG else None
+    if manager is None:
+        print(f"\n[course] {message}", file=sys.stderr, flush=True)
+        return
+    with manager.global_and_fixture_disabled():
+        print(f"\n[course] {message}", flush=True)
 
 
 def use_data(root: Path) -> None:

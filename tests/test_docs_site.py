@@ -17,7 +17,9 @@ from urllib.parse import urldefrag, urljoin, urlparse
 
 import pytest
 
-from coursekit import ARTIFACTS, REPO, SCRATCH, VENV_BIN, executed_solution, say, use_data
+from coursekit import (  # course_log: an autouse fixture
+    ARTIFACTS, REPO, SCRATCH, VENV_BIN, course_log, executed_solution, say, use_data,
+)
 from faceedu.grading.course import LESSONS
 
 CHROMIUM = "/usr/bin/chromium"

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 import pytest
 
-from coursekit import exercise_functions, release_path, solution_path
+from coursekit import course_log, exercise_functions, release_path, solution_path  # course_log: autouse fixture
 from faceedu.data.layout import CELEBAMASK_LABELS, FACE_HAIR_HAT_CLASSES
 from faceedu.grading import lesson00
 from faceedu.grading.core import CheckFailed, ReferenceUsed

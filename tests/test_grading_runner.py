@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from coursekit import VENV_BIN, release_path, say, use_data
+from coursekit import VENV_BIN, course_log, release_path, say, use_data  # course_log: autouse fixture
 from faceedu.grading.runner import grade
 
 

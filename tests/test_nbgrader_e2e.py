@@ -9,7 +9,9 @@ import shutil
 import nbformat
 import pytest
 
-from coursekit import lesson_slugs, nbgrader, normalised, release_path, say, solution_path, temp_course, use_data
+from coursekit import (  # course_log: an autouse fixture
+    course_log, lesson_slugs, nbgrader, normalised, release_path, say, solution_path, temp_course, use_data,
+)
 
 SLUG = "00_faces_as_data"
 

@@ -8,7 +8,7 @@ import re
 import nbformat
 import pytest
 
-from coursekit import CELL_TIMEOUT, executed_solution, lesson_slugs, solution_path, use_data
+from coursekit import CELL_TIMEOUT, course_log, executed_solution, lesson_slugs, solution_path, use_data  # course_log: autouse fixture
 from faceedu.grading.course import LESSONS, lesson
 
 
