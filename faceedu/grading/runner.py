@@ -167,6 +167,13 @@ def _kill_group(pid: int | None) -> None:
         pass
 
 
+def _kill_kernel(pid: int | None) -> None:
+    """Kill a kernel left behind by a stopped worker, if that pid is still a Jupyter kernel."""
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if pid and (not cmdline.parent.exists() or b"ipykernel" in cmdline.read_bytes()):
+        _kill_group(pid)
+
+
 def grade(notebook: Path | str, timeout: float = 900, cell_timeout: float | None = None) -> Report:
     """Run `notebook` in a worker process within `timeout` seconds in total (each cell at most
     `cell_timeout`, default the total) and return the report. Never raises because of the notebook's
@@ -196,11 +203,12 @@ def grade(notebook: Path | str, timeout: float = 900, cell_timeout: float | None
         if timed_out:
             _kill_group(worker.pid)
             worker.wait()
-        _kill_group(kernel_pid)  # the kernel runs in its own session; make sure nothing is left behind
+        finished = any(e["event"] == "finished" for e in log)
+        if not finished:  # the kernel runs in its own session: make sure nothing is left behind
+            _kill_kernel(kernel_pid)
         report.seconds = time.monotonic() - start
         ran = {e["index"]: e for e in log if e["event"] == "cell"}
         dead = next((e["index"] for e in log if e["event"] == "dead"), None)
-        finished = any(e["event"] == "finished" for e in log)
         if timed_out:
             last = max(ran, default=-1)
             report.problem = (f"the notebook was stopped after the {timeout:g} s time limit, "
