@@ -59,12 +59,12 @@ def step_contact_sheet(tour: Tour) -> None:
 
 def step_statistics(tour: Tour) -> None:
     from faceedu.data.celeba import CelebA
+    from faceedu.data.stats import phi_matrix
     from faceedu.viz import correlation_heatmap
 
     train = CelebA(tour.root, split="train", attributes=list(SYNTH_ATTRIBUTES), target_type="attr")
-    attrs = train.attr.numpy().astype(float)
-    frequency = attrs.mean(axis=0)
-    phi = np.corrcoef(attrs, rowvar=False)  # Pearson on 0/1 columns = the phi coefficient
+    frequency = train.attr.float().mean(0).numpy()
+    phi = phi_matrix(train.attr).numpy()
     tour.say(f"attribute frequencies on the train split ({len(train)} faces):")
     for name, f in sorted(zip(SYNTH_ATTRIBUTES, frequency), key=lambda t: -t[1]):
         tour.say(f"  {name:<20} {f:6.1%}")

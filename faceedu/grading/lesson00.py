@@ -16,7 +16,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from faceedu.data.layout import CELEBA_ATTRIBUTES, CELEBAMASK_CLASSES, CELEBAMASK_LABELS, FACE_HAIR_HAT_CLASSES
+from faceedu.data.celebamask import face_hair_hat_mask
+from faceedu.data.layout import CELEBA_ATTRIBUTES, CELEBAMASK_CLASSES
+from faceedu.data.loading import read_binary_attributes, read_table
+from faceedu.data.stats import phi_matrix
 from faceedu.grading.core import Check
 
 __all__ = [
@@ -26,7 +29,8 @@ __all__ = [
 
 # --- reference implementations ---------------------------------------------------------------------
 # Same names, signatures and docstrings as the notebook's exercises, so lesson code and package code
-# read the same.
+# read the same. face_hair_hat_mask and phi_matrix are the package's own (faceedu.data.celebamask,
+# faceedu.data.stats); the two below are the lesson-sized versions of the loaders' parsing and FaceCrop.
 
 
 def parse_attributes(text: str) -> tuple[list[str], list[str], torch.Tensor]:
@@ -52,32 +56,6 @@ def parse_attributes(text: str) -> tuple[list[str], list[str], torch.Tensor]:
     return files, names, (signs + 1) // 2  # -1 -> 0, 1 -> 1
 
 
-# Label-map values kept by the face+hair+hat mask (value = class index + 1; 0 is background).
-FACE_HAIR_HAT_VALUES: tuple[int, ...] = tuple(CELEBAMASK_LABELS[name] for name in FACE_HAIR_HAT_CLASSES)
-
-
-def face_hair_hat_mask(label_map: torch.Tensor) -> torch.Tensor:
-    """Turn a CelebAMask-HQ label map (integers, 0 = background, class i of CELEBAMASK_CLASSES = i + 1)
-    into a boolean mask of the same shape that is True on face, hair and hat pixels: every class except
-    background, ears, earring, neck, necklace and cloth (Toledo & Antonelo, 2021)."""
-    keep = torch.tensor(FACE_HAIR_HAT_VALUES, dtype=torch.long)
-    return torch.isin(label_map.long(), keep)
-
-
-def phi_matrix(attrs: torch.Tensor) -> torch.Tensor:
-    """The phi coefficient between every pair of binary attributes: for (N, K) 0/1 values, a (K, K)
-    float32 matrix ``phi[i, j] = cov(a_i, a_j) / (std(a_i) std(a_j))`` (population statistics), i.e. the
-    Pearson correlation of 0/1 variables. An attribute that never varies has no correlation: its row and
-    column are 0 (not NaN)."""
-    x = attrs.to(torch.float64)
-    x = x - x.mean(dim=0)                                   # (N, K) centred
-    cov = x.T @ x / x.shape[0]                              # (K, K)
-    std = cov.diagonal().clamp_min(0).sqrt()                # (K,)
-    denom = std[:, None] * std[None, :]
-    phi = torch.where(denom > 0, cov / denom.clamp_min(1e-300), torch.zeros_like(cov))
-    return phi.to(torch.float32)
-
-
 def preprocess(image: torch.Tensor, size: int = 64) -> torch.Tensor:
     """Prepare one image for a model: take the centred square crop of a uint8 (3, H, W) image (for an
     aligned 178x218 CelebA face, rows 20..197, as Fader Networks do), resize it to (size, size) with
@@ -92,22 +70,8 @@ def preprocess(image: torch.Tensor, size: int = 64) -> torch.Tensor:
 
 
 
-def _package_equivalents() -> tuple:
-    """faceedu's data package does the same jobs for the loaders; a learner may not call those either."""
-    import importlib
-
-    found = []
-    for module, names in (("faceedu.data.celebamask", ("face_hair_hat_mask",)),
-                          ("faceedu.data.loading", ("read_binary_attributes", "read_table"))):
-        try:
-            loaded = importlib.import_module(module)
-        except ImportError:
-            continue
-        found += [getattr(loaded, n) for n in names if getattr(getattr(loaded, n, None), "__closure__", 1) is None]
-    return tuple(found)
-
-
-REFERENCES = (parse_attributes, face_hair_hat_mask, phi_matrix, preprocess, *_package_equivalents())
+# The package's own functions for the same jobs are the references too, so they are blocked as well.
+REFERENCES = (parse_attributes, face_hair_hat_mask, phi_matrix, preprocess, read_binary_attributes, read_table)
 
 # --- checks ------------------------------------------------------------------------------------------
 
