@@ -95,21 +95,27 @@ def orthogonalise(vector: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def edit_effects(decode: Decode, judge: Judge, z: torch.Tensor, vector: torch.Tensor, scale: float,
-                 batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Judged attributes (0/1, (N, A)) of the decoded faces before and after adding `scale * vector`."""
+                 batch: int = 256, images: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Judged attributes (0/1, (N, A)) of the decoded faces before and after adding `scale * vector`.
+    With `images` (N, C, H, W), `decode` is called as decode(z, images) on matching chunks, so a model
+    with a mask decoder can paste its prediction onto each face (`faceedu.editing.decoder`)."""
     before, after = [], []
-    for chunk in z.split(batch):
-        before.append(judge(decode(chunk)) > 0.5)
-        after.append(judge(decode(apply_edit(chunk, vector, scale))) > 0.5)
+    parts = images.split(batch) if images is not None else [None] * len(z.split(batch))
+    for chunk, context in zip(z.split(batch), parts):
+        show = decode if context is None else (lambda code, context=context: decode(code, context))
+        before.append(judge(show(chunk)) > 0.5)
+        after.append(judge(show(apply_edit(chunk, vector, scale))) > 0.5)
     return torch.cat(before), torch.cat(after)
 
 
 @torch.no_grad()
-def entanglement_matrix(decode: Decode, judge: Judge, z: torch.Tensor, vectors: torch.Tensor, scale: float) -> torch.Tensor:
+def entanglement_matrix(decode: Decode, judge: Judge, z: torch.Tensor, vectors: torch.Tensor, scale: float,
+                        images: torch.Tensor | None = None) -> torch.Tensor:
     """(A_edit, A_judged): entry (i, j) is the fraction of faces whose judged attribute j changes when
-    vector i is added at `scale`. The diagonal is the edit's success; off-diagonal is entanglement."""
+    vector i is added at `scale`. The diagonal is the edit's success; off-diagonal is entanglement.
+    `images`: as in `edit_effects`."""
     rows = []
     for vector in vectors:
-        before, after = edit_effects(decode, judge, z, vector, scale)
+        before, after = edit_effects(decode, judge, z, vector, scale, images=images)
         rows.append((before != after).float().mean(0))
     return torch.stack(rows)
