@@ -48,6 +48,18 @@ def _eval(args: argparse.Namespace) -> int:
     return run_eval(args)
 
 
+def _edit(args: argparse.Namespace) -> int:
+    from faceedu.editing import command_edit
+
+    return command_edit(args)
+
+
+def _latent(args: argparse.Namespace) -> int:
+    from faceedu.editing import command_latent
+
+    return command_latent(args)
+
+
 def _bench(args: argparse.Namespace) -> int:
     from faceedu.bench import run_bench
 
@@ -115,6 +127,30 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the figures as JSON")
     evaluate.add_argument("--markdown", type=Path, default=None, metavar="FILE", help="also write them as markdown tables")
     evaluate.set_defaults(func=_eval)
+
+    edit = commands.add_parser("edit", help="edit a face image with a trained VAE's attribute vectors")
+    edit.add_argument("run", type=Path, help="a VAE run folder, e.g. runs/vae-quick")
+    edit.add_argument("--image", required=True, help="a face image, aligned as CelebA's (cropped and resized like the run's data)")
+    edit.add_argument("--attr", action="append", required=True, metavar="NAME",
+                      help="an attribute name, e.g. Eyeglasses (repeat for several)")
+    edit.add_argument("--scale", action="append", type=float, metavar="S",
+                      help="how far along the vector, typically -2..2: one for all --attr or one each (default 1.5)")
+    edit.add_argument("--keep", action="append", metavar="NAME",
+                      help="orthogonalise the edit off these attributes' vectors (conditional manipulation)")
+    edit.add_argument("--out", required=True, type=Path, help="the edited face, PNG")
+    edit.add_argument("--compare", action="store_true", help="write input | reconstruction | edit side by side")
+    edit.add_argument("--root", type=Path, default=None, help="labelled faces for the vectors (default: the run's data)")
+    edit.set_defaults(func=_edit)
+
+    latent = commands.add_parser("latent", help="a VAE run's latent arithmetic, measured: edit table, entanglement, figures")
+    latent.add_argument("run", type=Path, help="a VAE run folder, e.g. runs/vae-quick")
+    latent.add_argument("--out", type=Path, default=None, help="default: RUN/latent")
+    latent.add_argument("--root", type=Path, default=None, help="data (default: the run's own)")
+    latent.add_argument("--scale", type=float, default=2.0, help="edit scale for the measurements (default: %(default)s)")
+    latent.add_argument("--faces", type=int, default=400, help="test faces per attribute (default: %(default)s)")
+    latent.add_argument("--train-limit", type=int, default=None, help="fit the vectors on the first N training faces")
+    latent.add_argument("--no-figures", action="store_true")
+    latent.set_defaults(func=_latent)
 
     bench = commands.add_parser("bench", help="training throughput, FLOPs and memory per model and preset")
     bench.add_argument("--models", default="all", help="comma list (default: every model available)")

@@ -35,7 +35,7 @@ Judge = Callable[[torch.Tensor], torch.Tensor]
 def attribute_vectors(mu: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
     """(N, D) latent means and (N, A) 0/1 labels -> (A, D): mean of positives minus mean of negatives.
     An attribute with no positive or no negative example has no direction: that is an error."""
-    attrs = attrs.float()
+    attrs = attrs.to(mu.dtype if mu.is_floating_point() else torch.float32)
     positives, negatives = attrs.sum(0), (1 - attrs).sum(0)
     empty = torch.nonzero((positives == 0) | (negatives == 0)).flatten().tolist()
     if empty:

@@ -80,10 +80,32 @@ def step_statistics(tour: Tour) -> None:
     tour.say(f"correlation heat map: {path}")
 
 
+def step_latent(tour: Tour) -> None:
+    """Lesson 03, only if `faceedu train vae` left a quick VAE in runs/vae-quick: attribute spectra."""
+    from faceedu.train.loop import CHECKPOINT
+
+    run = Path("runs/vae-quick")
+    if not (run / CHECKPOINT).is_file():
+        tour.say("no trained VAE in runs/vae-quick: skipped (`faceedu train vae`, then `faceedu latent runs/vae-quick`)")
+        return
+    import torch
+
+    from faceedu import editing
+
+    space = editing.LatentSpace.from_run(run, tour.root, limit=4000)
+    images, _, _ = editing.test_faces(tour.root, space.vae, limit=8)
+    names = [n for n in ("Eyeglasses", "Blond_Hair", "Smiling", "Goatee") if n in space.names]
+    path = editing.spectra_figure(space, images[:len(names)], names, path=tour.out / "latent_spectra.png")
+    cosine = float(torch.cosine_similarity(space.vector("Blond_Hair"), space.vector("Eyeglasses"), dim=0))
+    tour.summary["latent"] = {"run": str(run), "cos_blond_eyeglasses": round(cosine, 3)}
+    tour.say(f"attribute spectra of {run} (-2..+2 times each vector): {path}; cos(v_Blond_Hair, v_Eyeglasses) = {cosine:+.2f}")
+
+
 STEPS: list[tuple[str, Callable[[Tour], None]]] = [
     ("SynthFaces", step_data),
     ("What a face comes with", step_contact_sheet),
     ("Attributes and their correlations", step_statistics),
+    ("Latent arithmetic (lesson 03)", step_latent),
 ]
 
 
