@@ -43,9 +43,39 @@ def _train_judge(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    if args.what != "judges":
+        return _eval_run(args)
     from faceedu.metrics import run_eval
 
     return run_eval(args)
+
+
+def _eval_run(args: argparse.Namespace) -> int:
+    """`faceedu eval RUN`: dispatch on the model type recorded in RUN/config.json."""
+    import json
+
+    run = Path(args.what)
+    if not (run / "config.json").is_file():
+        raise SystemExit(f"faceedu eval: {run} is neither 'judges' nor a run folder (no config.json in it)")
+    model = json.loads((run / "config.json").read_text()).get("model")
+    args.run_root = None if args.root == DEFAULT_SYNTH_ROOT else args.root   # default: the run's own data
+    if model == "vae":
+        from faceedu.train.vae import command_eval
+
+        return command_eval(run, args)
+    raise SystemExit(f"faceedu eval: {run} holds a {model!r} run; runs that can be evaluated: vae")
+
+
+def _train_vae(args: argparse.Namespace) -> int:
+    from faceedu.train.vae import command_train
+
+    return command_train(args)
+
+
+def _ablate_vae(args: argparse.Namespace) -> int:
+    from faceedu.train.vae_ablation import command_ablate
+
+    return command_ablate(args)
 
 
 def _edit(args: argparse.Namespace) -> int:
@@ -120,13 +150,53 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--no-progress", action="store_true")
     judge.set_defaults(func=_train_judge)
 
+    vae = train_commands.add_parser("vae", help="the face VAE with a mask decoder (Toledo & Antonelo 2021)")
+    vae.add_argument("--preset", choices=["quick", "full", "poster"], default="quick",
+                     help="quick: 64x64 SynthFaces on a CPU; full: the paper (144x144); poster: latent 2048")
+    vae.add_argument("--data", choices=["synth", "celeba"], default="synth", help="what --root holds")
+    vae.add_argument("--root", type=Path, default=DEFAULT_SYNTH_ROOT)
+    vae.add_argument("--run", type=Path, default=None, help="run folder (default runs/vae-PRESET; resumes)")
+    vae.add_argument("--steps", type=int, default=None, help="default: the preset's epochs")
+    vae.add_argument("--batch-size", type=int, default=None)
+    vae.add_argument("--lr", type=float, default=None)
+    vae.add_argument("--latent", type=int, default=None)
+    vae.add_argument("--losses", default=None, help="image losses joined by +, e.g. ssim+l2 (default: the preset's)")
+    vae.add_argument("--no-mask", action="store_true", help="no mask decoder: image losses on the whole image")
+    vae.add_argument("--seed", type=int, default=0)
+    vae.add_argument("--device", default="auto")
+    vae.add_argument("--bf16", action="store_true", help="bf16 autocast where native (CUDA; CPUs with AVX512-BF16/AMX); quick has it on")
+    vae.add_argument("--log-every", type=int, default=25)
+    vae.add_argument("--sample-every", type=int, default=250)
+    vae.add_argument("--checkpoint-every", type=int, default=250)
+    vae.add_argument("--no-progress", action="store_true")
+    vae.set_defaults(func=_train_vae)
+
     evaluate = commands.add_parser("eval", help="measure models with the judges and image metrics")
-    evaluate.add_argument("what", choices=["judges"], help="judges: the referees' own test-split figures")
-    evaluate.add_argument("--root", type=Path, default=DEFAULT_SYNTH_ROOT)
+    evaluate.add_argument("what", help="judges (the referees' own test-split figures) or a run folder, e.g. runs/vae-quick")
+    evaluate.add_argument("--root", type=Path, default=DEFAULT_SYNTH_ROOT, help="data (a run: default the run's own)")
+    evaluate.add_argument("--split", choices=["train", "valid", "test"], default="test", help="a run's split")
+    evaluate.add_argument("--limit", type=int, default=None, help="a run: evaluate the first N images only")
     evaluate.add_argument("--weights", type=Path, default=None, help="judge weights folder (default: shipped)")
     evaluate.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the figures as JSON")
     evaluate.add_argument("--markdown", type=Path, default=None, metavar="FILE", help="also write them as markdown tables")
     evaluate.set_defaults(func=_eval)
+
+    ablate = commands.add_parser("ablate", help="the papers' ablation studies")
+    ablate_commands = ablate.add_subparsers(dest="ablate_command", required=True)
+    ablate_vae = ablate_commands.add_parser("vae", help="5 image losses x with/without the mask (Toledo & Antonelo)")
+    ablate_vae.add_argument("--preset", choices=["quick", "full"], default="quick")
+    ablate_vae.add_argument("--data", choices=["synth", "celeba"], default="synth")
+    ablate_vae.add_argument("--root", type=Path, default=DEFAULT_SYNTH_ROOT)
+    ablate_vae.add_argument("--out", type=Path, default=Path("runs/ablate-vae"), help="one run folder per case, the table")
+    ablate_vae.add_argument("--steps", type=int, default=None, help="per run (default: the preset's)")
+    ablate_vae.add_argument("--losses", default=None, help="comma list of l1,l2,ssim,ssim+l1,ssim+l2 (default: all)")
+    ablate_vae.add_argument("--train-limit", type=int, default=None, help="train on the first N images only")
+    ablate_vae.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N test images only")
+    ablate_vae.add_argument("--seed", type=int, default=0)
+    ablate_vae.add_argument("--device", default="auto")
+    ablate_vae.add_argument("--log-every", type=int, default=50)
+    ablate_vae.add_argument("--no-progress", action="store_true")
+    ablate_vae.set_defaults(func=_ablate_vae)
 
     edit = commands.add_parser("edit", help="edit a face image with a trained VAE's attribute vectors")
     edit.add_argument("run", type=Path, help="a VAE run folder, e.g. runs/vae-quick")

@@ -93,6 +93,8 @@ def plot_loss_curves(metrics_jsonl: Path | str, path: Path | str) -> Path:
     import json
 
     records = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    if not records:  # a checkpoint can come before the first logged step: nothing to plot yet
+        return Path(path)
     keys = [k for k in records[-1] if k not in ("step", "epoch", "images_per_s") and not k.startswith("lr_")]
     fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)), 2.6), squeeze=False)
     steps = [r["step"] for r in records]

@@ -72,6 +72,8 @@ class VAEConfig:
     lr_decay_epochs: float = 10.0
     clip_norm: float = 1e-3                   # Keras clipnorm: each parameter's gradient norm clipped alone
     batch_size: int = 32
+    bf16: bool = False                        # bfloat16 autocast where the hardware has it (losses stay float32)
+    channels_last: bool = False               # NHWC memory: faster convolutions on CPUs (oneDNN)
     epochs: float = 100.0                     # x 4000 steps of 32 in the paper's code (128k images/epoch)
     epoch_images: int = 128_000
 
@@ -99,12 +101,13 @@ PRESETS: dict[str, VAEConfig] = {
     "poster": VAEConfig(encoder=((32, 32), (64, 64), (128, 128), (256, 256), (256,), (256,), (512,)),
                         dense=1024, dense_bn=True, latent=2048, decoder_in=(512, 2),
                         decoder=(512, 256, 256, 128, 64, 32), mask_decoder=(64, 64, 32, 32, 32, 32)),
-    # CPU minutes on 64x64 SynthFaces: one conv per stage, strided down to 4x4, a projected decoder input.
-    "quick": VAEConfig(image_size=64, crop="center",
-                       encoder=((32,), (64,), (128,), (128,)), dense=256, latent=128,
-                       decoder_in=(128, 4), decoder=(128, 64, 32, 32), decoder_convs=1,
-                       mask_decoder=(32, 16, 8, 8), lr=1e-3, lr_min=1e-4, lr_decay_epochs=4, clip_norm=0.0,
-                       batch_size=32, epochs=6, epoch_images=24_000, kl_weight=1e-3),
+    # CPU minutes on 64x64 SynthFaces, tuned to reach SSIM 0.80 inside the face mask: the same blocks with
+    # one conv per stage, 3 max-pools to 8x8x128, latent 256 projected to 8x8x64, narrow full-size layers;
+    # bfloat16 where the CPU has it natively. ~3,000 steps of 32 (4 epochs of the 24,000 training faces).
+    "quick": VAEConfig(image_size=64, crop="center", encoder=((32,), (64,), (128,)), dense=512, latent=256,
+                       decoder_in=(64, 8), decoder=(64, 32, 16), decoder_convs=1, mask_decoder=(16, 8, 8),
+                       lr=1e-3, lr_min=1e-4, lr_decay_epochs=2, clip_norm=0.0, batch_size=32,
+                       epochs=4, epoch_images=24_000, bf16=True, channels_last=True),
 }
 
 
@@ -272,9 +275,19 @@ def parameter_count(module: nn.Module, with_buffers: bool = False) -> int:
 # --- the losses of one step -----------------------------------------------------------------------------
 
 
+def as_float32(out: VAEOutput) -> VAEOutput:
+    """The outputs in float32, for losses computed outside a bfloat16 autocast region."""
+    return out._replace(**{k: v.float() for k, v in out._asdict().items() if v is not None})
+
+
 def vae_losses(config: VAEConfig, out: VAEOutput, x: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """Every term of the training loss and their weighted sum "loss". With a mask branch the image losses
     compare x with the composition under the ground-truth mask, so they only see face pixels."""
+    with torch.autocast(device_type=x.device.type, enabled=False):   # SSIM's E[x^2] - E[x]^2 needs float32
+        return _vae_losses(config, as_float32(out), x.float(), None if mask is None else mask.float())
+
+
+def _vae_losses(config: VAEConfig, out: VAEOutput, x: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
     terms: dict[str, torch.Tensor] = {}
     if config.use_mask:
         if mask is None:

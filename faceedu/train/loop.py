@@ -1,6 +1,6 @@
 """The one training loop every model shares. It knows nothing of any model: a Task owns its networks,
 optimisers and schedulers and says how one step reads (like the paper); the loop does the rest —
-device, bf16 autocast on GPU, progress with images/s, JSONL metrics, loss curves, sample grids,
+device, bf16 autocast (GPU, or a CPU with native bf16), progress with images/s, JSONL metrics, loss curves, sample grids,
 atomic checkpoints with exact resume, a NaN guard, and DDP under torchrun.
 """
 
@@ -33,7 +33,7 @@ class LoopConfig:
     batch_size: int = 32
     seed: int = 0
     device: str = "auto"          # auto: cuda if available, else mps, else cpu
-    bf16: bool = False            # autocast to bfloat16 on CUDA (ignored on CPU)
+    bf16: bool = False            # autocast to bfloat16 on CUDA, or on a CPU with native bf16 (else ignored)
     log_every: int = 25
     sample_every: int = 250       # 0: never
     checkpoint_every: int = 250   # also at the end
@@ -71,6 +71,16 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"--device {name} was asked for but this torch sees no CUDA GPU; use --device cpu or auto.")
     return device
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 autocast is fast here: a CUDA GPU with bf16, or a CPU whose oneDNN has native bf16
+    (AVX512-BF16 / AMX). Elsewhere bf16 would be emulated, slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return False
 
 
 def seed_everything(seed: int) -> None:
@@ -254,7 +264,7 @@ def train(task: Task, dataset: Dataset, run_dir: Path | str, config: LoopConfig,
                         num_workers=config.num_workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(config.seed))  # keeps the global RNG untouched
     batches = _batches(loader, sampler, position)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda")
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16 and native_bf16(device))
 
     metrics = (run_dir / METRICS).open("a") if main_process else None
     bar = tqdm(total=config.steps, initial=start_step, disable=not (config.progress and main_process),
