@@ -37,6 +37,9 @@ BEARDS = ("Goatee", "Mustache", "No_Beard")
 # all above 0.15; pairs that owe nothing to each other stay below 0.05).
 CORRELATED_PHI = 0.1
 CACHE_VERSION = 1
+# An attribute's judgement counts towards "kept" only where the judge reads it this well on the model's
+# reconstructions (against the labels); below, the judgement is close to a coin toss and flips anyway.
+RELIABLE_ACCURACY = 0.9
 
 
 # --- encoding and decoding ----------------------------------------------------------------------------
@@ -252,18 +255,18 @@ class LatentSpace:
 
     MODES = ("plain", "projected", "conditional", "stratified")
 
-    def direction(self, name: str, mode: str = "plain") -> torch.Tensor:
-        """The vector of `name`: "plain" (class means), "projected" (off the plain vectors of its held
-        attributes), "conditional" (off their directions measured within groups of `name`: the default
-        fix) or "stratified" (class means within groups that agree on the held attributes)."""
+    def direction(self, name: str, mode: str = "plain", hold: Sequence[str] | None = None) -> torch.Tensor:
+        """The vector of `name`: "plain" (class means), "projected" (off the plain vectors of the attributes
+        in `hold`, default its held ones), "conditional" (off their directions measured within groups of
+        `name`: the default fix) or "stratified" (class means within groups that agree on them)."""
         if mode == "plain":
             return self.vector(name)
         if mode == "projected":
-            return self.conditional(name, against="plain")
+            return self.conditional(name, hold, against="plain")
         if mode == "conditional":
-            return self.conditional(name)
+            return self.conditional(name, hold)
         if mode == "stratified":
-            return self.stratified(name)
+            return self.stratified(name, hold)
         raise ValueError(f"mode must be one of {', '.join(self.MODES)}, not {mode!r}")
 
     # -- edits --
@@ -300,7 +303,8 @@ def judge_fn(judge):
 @torch.no_grad()
 def edit_table(space: LatentSpace, judge, x: torch.Tensor, labels: torch.Tensor, label_names: Sequence[str],
                scale: float = 2.0, attributes: Sequence[str] | None = None, faces: int = 400,
-               threshold: float = CORRELATED_PHI, modes: Sequence[str] = ("plain", "conditional")) -> list[dict]:
+               threshold: float = CORRELATED_PHI, modes: Sequence[str] = ("plain", "conditional"),
+               reliable_accuracy: float = RELIABLE_ACCURACY) -> list[dict]:
     """One row per attribute: add its vector at `scale` to (up to `faces`) faces of x whose label says they
     lack it, and judge the decoded faces before (the reconstruction) and after. Columns:
 
@@ -308,7 +312,10 @@ def edit_table(space: LatentSpace, judge, x: torch.Tensor, labels: torch.Tensor,
     - ceiling: share of the faces that *have* the attribute on which the judge sees it in their
       reconstruction - what the model can show at all, an upper bound for success;
     - kept: share of (face, attribute) pairs unchanged over the attributes that do *not* correlate with
-      it in the data (|phi| < threshold); kept_each per attribute, and the least-kept (kept_min, kept_worst);
+      it in the data (|phi| < threshold) and that the judge reads reliably on this model's reconstructions
+      (accuracy >= reliable_accuracy against the labels: a judgement that is a coin toss on blurry faces
+      flips under any edit); the least-kept of those (kept_min, kept_worst); kept_each for every
+      uncorrelated attribute, reliable or not;
     - leak: for each held attribute (correlated, can co-occur: `LatentSpace.held`), the share of faces
       whose judgement of it changed - the entanglement the data put into the vector.
     Each mode of `LatentSpace.direction` after "plain" adds its own columns with the mode as prefix."""
@@ -318,6 +325,9 @@ def edit_table(space: LatentSpace, judge, x: torch.Tensor, labels: torch.Tensor,
     x = _as_float(x)
     mu_all = encode(space.vae, x)
     seen = torch.cat([judge.predict(decode(space.vae, z, b)) for z, b in zip(mu_all.split(256), x.split(256))])
+    accuracy = {n: float((seen[:, i] == labels[:, label_names.index(n)].float()).float().mean())
+                for i, n in enumerate(judged) if n in label_names}
+    unreliable = sorted(n for n in judged if accuracy.get(n, 0.0) < reliable_accuracy)
     rows = []
     for name in attributes:
         column = labels[:, label_names.index(name)]
@@ -325,10 +335,12 @@ def edit_table(space: LatentSpace, judge, x: torch.Tensor, labels: torch.Tensor,
         having = torch.nonzero(column == 1).flatten()[:faces]
         faces_x, mu, before = x[lacking], mu_all[lacking], seen[lacking]
         correlated, held = set(space.correlated(name, threshold)), space.held(name, threshold)
-        free = [i for i, n in enumerate(judged) if n != name and n not in correlated]
+        uncorrelated = [i for i, n in enumerate(judged) if n != name and n not in correlated]
+        free = [i for i in uncorrelated if judged[i] not in unreliable]
         row: dict[str, Any] = {"attribute": name, "faces": len(lacking), "scale": scale,
                                "ceiling": float(seen[having, judged.index(name)].mean()) if len(having) else math.nan,
-                               "correlated": sorted(correlated), "held": held}
+                               "judge_on_reconstructions": accuracy.get(name, math.nan),
+                               "correlated": sorted(correlated), "held": held, "unreliable": unreliable}
         for mode in modes:
             vector = space.direction(name, mode)
             after = torch.cat([judge.predict(decode(space.vae, LT.apply_edit(z, vector, scale), b))
@@ -340,7 +352,7 @@ def edit_table(space: LatentSpace, judge, x: torch.Tensor, labels: torch.Tensor,
                     f"{prefix}kept": float(kept[free].mean()) if free else math.nan,
                     f"{prefix}kept_min": float(kept[worst]) if free else math.nan,
                     f"{prefix}kept_worst": judged[worst] if free else "",
-                    f"{prefix}kept_each": {judged[i]: float(kept[i]) for i in free},
+                    f"{prefix}kept_each": {judged[i]: float(kept[i]) for i in uncorrelated},
                     f"{prefix}leak": {h: float(1 - kept[judged.index(h)]) for h in held if h in judged}}
         rows.append(row)
     return rows
@@ -351,8 +363,8 @@ def unwanted_change(space: LatentSpace, judge, x: torch.Tensor, labels: torch.Te
                     edit: str = "Blond_Hair", watch: str = "Eyeglasses", scale: float = 2.0, faces: int = 400,
                     modes: Sequence[str] = LatentSpace.MODES) -> dict[str, dict[str, float]]:
     """The entanglement of one pair, measured: on faces labelled with neither `edit` nor `watch`, how often
-    adding `edit`'s vector makes the judge see `watch` too, for each way of building the vector (and how
-    often the edit itself succeeds). Under "judge_bias": how often the judge sees `watch` on the
+    adding `edit`'s vector makes the judge see `watch` too, for each way of building the vector with
+    `watch` as the one attribute to hold (and how often the edit itself succeeds). Under "judge_bias": how often the judge sees `watch` on the
     reconstructions of faces that really have `edit` and lack `watch` - the referee's own share of the
     leak, since it learnt from the same correlated data."""
     names = list(label_names)
@@ -364,7 +376,7 @@ def unwanted_change(space: LatentSpace, judge, x: torch.Tensor, labels: torch.Te
     e, w = judge.index(edit), judge.index(watch)
     result: dict[str, dict[str, float]] = {}
     for mode in modes:
-        vector = space.direction(edit, mode)
+        vector = space.direction(edit, mode, hold=[watch])
         after = judge.predict(decode(space.vae, LT.apply_edit(mu, vector, scale), faces_x))
         result[mode] = {"unwanted": float((after[:, w] != before[:, w]).float().mean()),
                         "success": float(after[:, e].mean()), "faces": len(chosen), "norm": float(vector.norm()),
@@ -379,21 +391,24 @@ def unwanted_change(space: LatentSpace, judge, x: torch.Tensor, labels: torch.Te
 def table_markdown(rows: Sequence[dict], judge_accuracy: dict[str, float] | None = None) -> str:
     """The per-attribute table as markdown: the judge's accuracy, the ceiling, success and kept for the
     plain and the conditional vectors, and the leaks into held attributes."""
-    head = ["attribute", "judge acc.", "ceiling", "success", "kept (uncorr.)", "least kept", "leak into held",
-            "success (cond.)", "kept (cond.)", "leak (cond.)"]
+    head = ["attribute", "judge acc.", "judge on recon.", "ceiling", "success", "kept", "least kept",
+            "leak into held", "success (cond.)", "kept (cond.)", "leak (cond.)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def leaks(d: dict) -> str:
-        return ", ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in d.items()) or "-"
+        """The three largest leaks of 5% or more."""
+        top = sorted(((v, k) for k, v in d.items() if v >= 0.05), reverse=True)[:3]
+        return ", ".join(f"{k.replace('_', ' ')} {v:.0%}" for v, k in top) or "-"
 
     def pct(value: float) -> str:
         return "-" if value is None or math.isnan(value) else f"{value:.0%}"
 
     for r in rows:
         accuracy = (judge_accuracy or {}).get(r["attribute"])
-        cells = [r["attribute"].replace("_", " "), pct(accuracy) if accuracy is not None else "-", pct(r["ceiling"]),
+        cells = [r["attribute"].replace("_", " "), pct(accuracy) if accuracy is not None else "-",
+                 pct(r.get("judge_on_reconstructions", math.nan)), pct(r["ceiling"]),
                  f"**{pct(r['success'])}**", pct(r["kept"]),
-                 f"{r['kept_worst'].replace('_', ' ')} {pct(r['kept_min'])}", leaks(r["leak"])]
+                 f"{r['kept_worst'].replace('_', ' ')} {pct(r['kept_min'])}" if r["kept_worst"] else "-", leaks(r["leak"])]
         if "conditional_success" in r:
             same = not r["held"]
             cells += ["=" if same else pct(r["conditional_success"]), "=" if same else pct(r["conditional_kept"]),
@@ -507,6 +522,11 @@ def entanglement_figure(matrices: dict[str, torch.Tensor], edit_names: Sequence[
 # --- the report and the command line ----------------------------------------------------------------
 
 FIGURE_FACES = 6
+SWEPT = ("Eyeglasses", "Smiling", "Black_Hair", "Blond_Hair", "Gray_Hair")
+SWEEP_SCALES = (1.0, 1.25, 1.5, 2.0)
+MODE_LABELS = {"plain": "plain v_Blond", "projected": "projected off v_Eyeglasses",
+               "conditional": "projected off glasses within hair groups (conditional)",
+               "stratified": "stratified on the held attributes"}
 SPECTRA = ("Eyeglasses", "Smiling", "Blond_Hair", "Black_Hair", "Gray_Hair", "Goatee", "Mustache", "Wearing_Hat",
            "Bangs", "Male", "Young", "Pale_Skin")
 
@@ -546,12 +566,17 @@ def report(run: Path | str, out: Path | str | None = None, root: Path | str | No
     matrices = {"plain vectors": LT.entanglement_matrix(show, judge_call, mu, plain, scale, images=sample),
                 "orthogonalised off held attributes": LT.entanglement_matrix(show, judge_call, mu, conditional, scale,
                                                                              images=sample)}
+    sweep = {s: edit_table(space, judge, images, labels, names, scale=s, attributes=SWEPT, faces=faces, modes=("plain",))
+             for s in SWEEP_SCALES}
+    described = json.loads((run / "config.json").read_text())
     summary = {"run": str(run), "data": str(root), "scale": scale, "train_faces": len(space.mu),
-               "table": rows, "blond_eyeglasses": pair, "judged": judged,
+               "steps": described.get("loop", {}).get("steps"), "preset": described.get("preset"),
+               "table": rows, "blond_eyeglasses": pair, "judged": judged, "sweep": {str(k): v for k, v in sweep.items()},
                "entanglement": {k: v.tolist() for k, v in matrices.items()}}
     (out / "latent.json").write_text(json.dumps(summary, indent=1) + "\n")
     accuracy = (judge.meta.get("test") or {}).get("per_attribute") if isinstance(judge.meta, dict) else None
     (out / "table.md").write_text(table_markdown(rows, accuracy))
+    (out / "results.md").write_text(results_markdown(summary, accuracy))
     if figures:
         x = images[:FIGURE_FACES]
         entanglement_figure(matrices, judged, judged, out / "entanglement.png")
@@ -565,6 +590,53 @@ def report(run: Path | str, out: Path | str | None = None, root: Path | str | No
         pairs = [(_as_float(images[2 * k]), _as_float(images[2 * k + 1])) for k in range(4)]
         interpolation_figure(space, pairs, path=out / "interpolation.png")
     return summary
+
+
+def results_markdown(summary: dict, judge_accuracy: dict[str, float] | None = None,
+                     figures: str = "assets/latent") -> str:
+    """The measured part of the docs page (docs/latent.md) from a report's summary."""
+    rows, sweep, pair = summary["table"], summary["sweep"], dict(summary["blond_eyeglasses"])
+    bias = pair.pop("judge_bias")
+    lines = [f"## Results: the quick VAE ({summary['steps']} steps)", "",
+             f"Vectors from the {summary['train_faces']:,} training faces; every test below on SynthFaces' test split "
+             f"(faces never seen in training), edits at $s = {summary['scale']:g}$ unless a scale is given.", "",
+             "### Every attribute", "", table_markdown(rows, judge_accuracy),
+             "*judge acc.*: the judge on real test faces; *judge on recon.*: on this VAE's reconstructions; "
+             "*kept* and *least kept* over the uncorrelated attributes the judge reads reliably on reconstructions; "
+             "*leak*: the three largest changes (5% or more) of held attributes; *(cond.)*: the conditional vector, "
+             "\"=\" where the attribute holds nothing.", "",
+             "### By scale, for the attributes of the lesson's quality bars", "",
+             "| attribute | " + " | ".join(f"s = {float(s):g}" for s in sweep) + " |", "|---|" + "---|" * len(sweep)]
+    for name in SWEPT:
+        cells = []
+        for table in sweep.values():
+            row = next((r for r in table if r["attribute"] == name), None)
+            cells.append("-" if row is None else f"{row['success']:.0%} success, {row['kept']:.0%} kept "
+                                                 f"(least: {row['kept_worst'].replace('_', ' ')} {row['kept_min']:.0%})")
+        lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    lines += ["", f"### Blond hair brings glasses: four vectors at $s = {summary['scale']:g}$", "",
+              f"On {next(iter(pair.values()))['faces']} test faces with neither blond hair nor glasses:", "",
+              "| blond vector | length | cos with $v_{\\text{Eyeglasses}}$ | glasses appear (judge) | turns blond (judge) |",
+              "|---|---|---|---|---|"]
+    for mode, r in pair.items():
+        lines.append(f"| {MODE_LABELS.get(mode, mode)} | {r['norm']:.1f} | {r['cosine_with_watch']:+.2f} | "
+                     f"{r['unwanted']:.1%} | {r['success']:.1%} |")
+    lines += ["", f"The judge's own bias: on the reconstructions of {bias['faces']} real blond test faces without "
+              f"glasses it sees glasses on {bias['watch_on_reconstructions']:.1%} of them "
+              f"({bias['watch_on_originals']:.1%} on the original images).", "",
+              "### Figures", "",
+              f"![attribute spectra]({figures}/spectra.png)", "",
+              "*The poster's figure 10: one face per row, $\\mu + s\\,v_a$ from $s = -2$ to $+2$.*", "",
+              f"![hair colours]({figures}/hair_colours.png)", "",
+              f"![beard types]({figures}/beards.png)", "",
+              "*The poster's figures 11-13: batch edits of hair colour, and of beard type on men "
+              "(No_Beard removes beards - and, being correlated with women, grows hair).*", "",
+              f"![interpolation]({figures}/interpolation.png)", "",
+              f"![entanglement matrices]({figures}/entanglement.png)", "",
+              "*Entanglement at $s = 2$ over the first test faces, plain vectors and conditional ones (each "
+              "projected off its held attributes' within-group directions): the share of faces whose judged "
+              "attribute changed.*", ""]
+    return "\n".join(lines)
 
 
 def _read_face(path: Path, vae: FaceVAE) -> torch.Tensor:
