@@ -219,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     latent.add_argument("--scale", type=float, default=2.0, help="edit scale for the measurements (default: %(default)s)")
     latent.add_argument("--faces", type=int, default=400, help="test faces per attribute (default: %(default)s)")
     latent.add_argument("--train-limit", type=int, default=None, help="fit the vectors on the first N training faces")
+    latent.add_argument("--test-limit", type=int, default=None, help="measure on the first N test faces only")
     latent.add_argument("--no-figures", action="store_true")
     latent.set_defaults(func=_latent)
 
