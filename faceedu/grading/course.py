@@ -41,7 +41,7 @@ LESSONS: tuple[Lesson, ...] = (
            "Toledo & Antonelo 2021"),
     Lesson(3, "03_latent_arithmetic", "Latent arithmetic",
            "attribute vectors, spectra, entanglement, sliders that add glasses or a beard",
-           "Toledo & Antonelo 2021"),
+           "Toledo & Antonelo 2021; White 2016; Shen et al. 2020", status="ready"),
     Lesson(4, "04_conditional_gan", "Conditional GANs",
            "a DCGAN conditioned on attributes; training dynamics and failure modes",
            "Radford et al. 2016; Fedotova et al. 2018"),
