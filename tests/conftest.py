@@ -25,3 +25,19 @@ def synth_root() -> Path:
 def trained_dir(tmp_path_factory) -> Path:
     """Where session fixtures put the quick models they train, so each is trained once per run."""
     return tmp_path_factory.mktemp("trained")
+
+
+@pytest.fixture(scope="session")
+def trained_vae(trained_dir, synth_root) -> dict:
+    """The quick face VAE (with its mask decoder), trained once per test run exactly as `faceedu train vae`
+    does it: {"run": run folder, "summary": the loop's summary (seconds, images/s)}. Any test that needs a
+    trained VAE (evaluation, latent arithmetic) takes this fixture."""
+    from faceedu.models.vae import preset
+    from faceedu.train.loop import LoopConfig
+    from faceedu.train.vae import train_vae
+
+    run = trained_dir / "vae-quick"
+    summary = train_vae(preset("quick"), run, synth_root, loop=LoopConfig(progress=False, sample_every=500),
+                        preset_name="quick")
+    print(f"\n[vae] quick preset trained in {summary['seconds']} s ({summary['images_per_s']} images/s)")
+    return {"run": run, "summary": summary}

@@ -6,7 +6,7 @@ from PIL import Image
 
 from faceedu.data.layout import CELEBA_ATTRIBUTES, CELEBAMASK_LABELS, JAFFE_EXPRESSIONS
 from faceedu.data.synthfaces import (
-    SYNTH_ATTRIBUTES, SynthConfig, generate, make_identity, render_face, renderer_fingerprint, tree_checksum,
+    SYNTH_ATTRIBUTES, SynthConfig, ensure, generate, make_identity, render_face, renderer_fingerprint, tree_checksum,
 )
 
 SMALL = SynthConfig(n=120, size=64, seed=7, hq=10, jaffe_subjects=10, jaffe_repeats=1)
@@ -34,6 +34,19 @@ def test_rendering_is_pinned():
     """The renderer's pixels, labels and landmarks for seed 0 are fixed: a change here changes every dataset
     (and makes `ensure` regenerate existing ones). Update the pin deliberately when the renderer changes."""
     assert renderer_fingerprint() == PINNED_RENDER_SHA256
+
+
+def test_ensure_keeps_a_dataset_of_any_config_and_regenerates_a_stale_one(small_tree, tmp_path):
+    """`faceedu train vae --root R` on SynthFaces made with other options (here 120 faces, seed 7) uses them
+    as they are; one made by an older renderer is regenerated with its own options, not the defaults."""
+    before = tree_checksum(small_tree)
+    assert ensure(small_tree, verbose=False) == small_tree and tree_checksum(small_tree) == before
+    stale = tmp_path / "stale"
+    generate(stale, SMALL, verbose=False)
+    meta = stale / "synthfaces.json"
+    meta.write_text(meta.read_text().replace(renderer_fingerprint(), "an-older-renderer"))
+    ensure(stale, verbose=False)
+    assert renderer_fingerprint() in meta.read_text() and tree_checksum(stale) == before
 
 
 def test_celeba_layout(small_tree):

@@ -22,7 +22,7 @@ import math
 import multiprocessing as mp
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -606,8 +606,17 @@ def is_generated(root: Path | str, config: SynthConfig) -> bool:
             and saved["config"] | {"workers": None} == wanted)
 
 
-def ensure(root: Path | str, config: SynthConfig = SynthConfig(), verbose: bool = True) -> Path:
-    """Generate SynthFaces under `root` unless it is already there with this config; return `root`."""
+def ensure(root: Path | str, config: SynthConfig | None = None, verbose: bool = True) -> Path:
+    """Generate SynthFaces under `root` unless it is already there with this config; return `root`.
+
+    Without a config, SynthFaces already under `root` is taken as it is (any size and count, e.g. one
+    made with `faceedu data synth --size 144`); one made by an older renderer is regenerated with its
+    own config, and a missing one is generated with the defaults."""
+    if config is None:
+        meta = Path(root) / "synthfaces.json"
+        saved = json.loads(meta.read_text()).get("config", {}) if meta.is_file() else {}
+        known = {f.name for f in fields(SynthConfig)}
+        config = SynthConfig(**{k: v for k, v in saved.items() if k in known})
     if not is_generated(root, config):
         generate(root, config, verbose=verbose)
     return Path(root)

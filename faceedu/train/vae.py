@@ -24,7 +24,7 @@ class VAETask:
         if config.channels_last:
             self.vae = self.vae.to(memory_format=torch.channels_last)
         self.loss_fn = loss_fn or vae_losses             # (config, out, x, mask) -> {"loss": ..., terms}
-        optimizer = torch.optim.Adam(self.vae.parameters(), lr=config.lr)
+        optimizer = torch.optim.Adam(self.vae.parameters(), lr=config.lr, fused=True)   # one kernel per step
         self.optimizers = {"vae": optimizer}
         self.schedulers = {"vae": torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))}
 
@@ -196,9 +196,13 @@ def loss_curves_figure(metrics_jsonl: Path | str, path: Path | str) -> Path:
 
     records = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
     keys = [k for k in LOSS_LABELS if k in records[-1]]
-    fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys), 2.4), squeeze=False)
+    columns = min(4, len(keys))
+    rows = -(-len(keys) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.7 * columns, 2.3 * rows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
     steps = np.array([r["step"] for r in records])
-    for ax, key in zip(axes[0], keys):
+    for ax, key in zip(axes.flat, keys):
         values = np.array([r.get(key, np.nan) for r in records], dtype=float)
         ax.plot(steps, values, lw=0.6, alpha=0.35, color="tab:blue")
         if len(values) >= 5:
@@ -270,9 +274,9 @@ def command_train(args) -> int:
     config = preset(args.preset, **overrides)
     root = args.root
     if args.data == "synth":
-        from faceedu.data.synthfaces import SynthConfig, ensure
+        from faceedu.data.synthfaces import ensure
 
-        root = ensure(root, SynthConfig(), verbose=True)
+        root = ensure(root, verbose=True)
     run = args.run or Path("runs") / f"vae-{args.preset}"
     loop = LoopConfig(device=args.device, bf16=args.bf16, progress=not args.no_progress,
                       sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every)

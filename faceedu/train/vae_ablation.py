@@ -99,9 +99,9 @@ def comparison_figure(out: Path, rows: list[dict], test_data, faces: int = 6) ->
 
 def command_ablate(args) -> int:
     """`faceedu ablate vae`."""
-    from faceedu.data.synthfaces import SynthConfig, ensure
+    from faceedu.data.synthfaces import ensure
 
-    root = ensure(args.root, SynthConfig(), verbose=True) if args.data == "synth" else args.root
+    root = ensure(args.root, verbose=True) if args.data == "synth" else args.root
     loop = LoopConfig(device=args.device, progress=not args.no_progress, sample_every=0, log_every=args.log_every)
     losses = args.losses.split(",") if args.losses else None
     ablate_vae(args.out, root, preset(args.preset), steps=args.steps, losses=losses, eval_limit=args.eval_limit,
