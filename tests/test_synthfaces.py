@@ -135,3 +135,17 @@ def test_attribute_switches_its_part_of_the_label_map(attribute, part):
     on = render_face(64, 0, 2, 11, who, base | {attribute: True})["label"]
     assert (off == CELEBAMASK_LABELS[part]).sum() == 0 < (on == CELEBAMASK_LABELS[part]).sum()
 PINNED_RENDER_SHA256 = "91b6ca2725a190d3f70b2df61abf0686208752556f003bc868eee4d9a0c0e25d"
+
+
+def test_a_smile_is_broad_enough_to_see_at_64_pixels():
+    """CelebA's Smiling is a broad smile; SynthFaces' must survive a 64x64 VAE: the mouth (iBUG points
+    48-54) widens by a quarter and its corners rise well above the lips' middle."""
+    who = make_identity(0, 4)
+    base = render_face(64, 0, 2, 11, who)["attrs"] | {"Mouth_Slightly_Open": False, "Mustache": False}
+    shapes = {}
+    for smiling in (False, True):
+        points = render_face(64, 0, 2, 11, who, attrs=base | {"Smiling": smiling})["landmarks68"]
+        left, right, middle = points[48], points[54], (points[51] + points[57]) / 2
+        shapes[smiling] = (np.linalg.norm(right - left), np.linalg.norm(middle - (left + right) / 2))
+    assert shapes[True][0] > 1.25 * shapes[False][0]
+    assert shapes[True][1] > shapes[False][1] + 2.0, shapes        # corners lifted by more than 2 pixels
