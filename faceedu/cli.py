@@ -21,7 +21,7 @@ def _data_synth(args: argparse.Namespace) -> int:
 def _tour(args: argparse.Namespace) -> int:
     from faceedu.tour import run_tour
 
-    run_tour(args.root, args.out)
+    run_tour(args.root, args.out, vae_run=args.vae_run)
     return 0
 
 
@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     tour = commands.add_parser("tour", help="the course tour on SynthFaces (generates it if missing)")
     tour.add_argument("--root", type=Path, default=DEFAULT_SYNTH_ROOT)
     tour.add_argument("--out", type=Path, default=Path("outputs/tour"))
+    tour.add_argument("--vae-run", type=Path, default=Path("runs/vae-quick"),
+                      help="the quick VAE's run folder: trained there unless finished (default: %(default)s)")
     tour.set_defaults(func=_tour)
 
     grade = commands.add_parser("grade", help="run a lesson notebook like the autograder and print your points")
