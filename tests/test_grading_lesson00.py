@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 import pytest
 
-from coursekit import course_log, exercise_functions, release_path, solution_path  # course_log: autouse fixture
+from coursekit import course_log  # noqa: F401 - autouse fixture
 from faceedu.data.layout import CELEBAMASK_LABELS, FACE_HAIR_HAT_CLASSES
 from faceedu.grading import lesson00
-from faceedu.grading.core import CheckFailed, ReferenceUsed
+from faceedu.grading.core import ReferenceUsed
+from gradertests import GraderContract, run_checks
 
 SLUG = "00_faces_as_data"
 CHECKS = {
@@ -201,87 +202,17 @@ MUTANTS = {
     "preprocess": [preprocess_zero_one, preprocess_squash, preprocess_top_crop, preprocess_no_255,
                    preprocess_nearest, preprocess_channels_last, preprocess_mutates_input],
 }
-CASES = [(exercise, mutant) for exercise, mutants in MUTANTS.items() for mutant in mutants]
-
-
-def grade(exercise, fn) -> str | None:
-    """Run the visible then the hidden checks; return the failure message, or None if all passed."""
-    try:
-        CHECKS[exercise](fn)
-        CHECKS[exercise](fn, hidden=True)
-    except CheckFailed as failure:
-        return str(failure)
-    return None
 
 
 # --- tests -------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def solutions():
-    return exercise_functions(solution_path(SLUG), SLUG)
+def grade(exercise, fn) -> str | None:
+    return run_checks(CHECKS, exercise, fn)
 
 
-@pytest.fixture(scope="module")
-def stubs():
-    return exercise_functions(release_path(SLUG), SLUG)
-
-
-def test_every_exercise_has_a_check_and_at_least_three_mutants(solutions):
-    assert set(solutions) == set(CHECKS) == set(MUTANTS)
-    assert all(len(m) >= 3 for m in MUTANTS.values())
-
-
-@pytest.mark.parametrize("exercise", sorted(CHECKS))
-def test_solution_passes_visible_and_hidden(exercise, solutions, capsys):
-    assert grade(exercise, solutions[exercise]) is None
-    assert f"✓ {exercise}" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("exercise", sorted(CHECKS))
-def test_released_stub_fails_with_not_implemented(exercise, stubs):
-    message = grade(exercise, stubs[exercise])
-    assert message is not None and "not implemented yet" in message
-
-
-@pytest.mark.parametrize("exercise", sorted(CHECKS))
-def test_calling_the_reference_is_rejected(exercise):
-    reference = getattr(lesson00, exercise)
-
-    def lazy(*args, **kwargs):
-        return reference(*args, **kwargs)
-
-    with pytest.raises(ReferenceUsed, match="faceedu's own"):
-        CHECKS[exercise](lazy)
-    # ... even when the learner swallows the error and falls back on something else
-    def sneaky(*args, **kwargs):
-        try:
-            return reference(*args, **kwargs)
-        except Exception:  # noqa: BLE001
-            return None
-
-    with pytest.raises(ReferenceUsed):
-        CHECKS[exercise](sneaky)
-    # and the reference works again afterwards
-    assert reference is getattr(lesson00, exercise) and "blocked" not in reference.__code__.co_names
-
-
-@pytest.mark.parametrize("exercise,mutant", CASES, ids=[f"{e}-{m.__name__}" for e, m in CASES])
-def test_mutant_is_rejected_with_a_message(exercise, mutant):
-    message = grade(exercise, mutant)
-    assert message is not None, f"{mutant.__name__} ({mutant.__doc__.strip()}) passed every check"
-    assert message.startswith(f"{exercise}") and len(message) > 40
-
-
-def test_kill_rate(capsys):
-    """Summarise the catalogue: every mutant must be rejected."""
-    survivors = [f"{e}:{m.__name__}" for e, m in CASES if grade(e, m) is None]
-    killed = len(CASES) - len(survivors)
-    with capsys.disabled():
-        print(f"\n[course] lesson00 grader kill rate: {killed}/{len(CASES)} mutants rejected "
-              f"({100 * killed / len(CASES):.0f}%); per exercise: "
-              + ", ".join(f"{e} {len(m)}" for e, m in MUTANTS.items()))
-    assert not survivors, f"mutants that survived: {survivors}"
+class TestGrader(GraderContract):
+    SLUG, LESSON, CHECKS, MUTANTS = SLUG, lesson00, CHECKS, MUTANTS
 
 
 def test_failure_messages_are_actionable():

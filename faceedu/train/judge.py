@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,7 @@ def augment(images: torch.Tensor) -> torch.Tensor:
 
 # --- the three tasks ------------------------------------------------------------------------------------
 
-class JudgeTask:
+class JudgeTask(ABC):
     """Shared by the three: one network (+ a training head for identity), AdamW, one-cycle schedule."""
 
     def __init__(self, judge: torch.nn.Module, config: JudgeConfig, extra: dict[str, torch.nn.Module] | None = None):
@@ -149,8 +150,9 @@ class JudgeTask:
     def inputs(self, batch: dict) -> torch.Tensor:
         return augment(batch["image"]) if self.config.augment else batch["image"]
 
+    @abstractmethod
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """{"loss": the scalar to minimise, and any other terms to log} for one batch."""
 
     def step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         losses = self.loss(self.inputs(batch), batch["label"])
