@@ -88,24 +88,35 @@ def save_grid(images, path: Path | str, columns: int = 8) -> Path:
     return path
 
 
-def plot_loss_curves(metrics_jsonl: Path | str, path: Path | str) -> Path:
-    """One panel per logged loss against the step, from a run's metrics.jsonl."""
+def plot_loss_curves(metrics_jsonl: Path | str, path: Path | str, labels: dict[str, str] | None = None) -> Path:
+    """One panel per logged loss against the step (four to a row, lightly smoothed), from a run's
+    metrics.jsonl. `labels` picks the terms and titles them (default: every logged loss, by its key)."""
     import json
 
     records = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
     if not records:  # a checkpoint can come before the first logged step: nothing to plot yet
         return Path(path)
-    keys = [k for k in records[-1] if k not in ("step", "epoch", "images_per_s") and not k.startswith("lr_")]
-    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)), 2.6), squeeze=False)
-    steps = [r["step"] for r in records]
-    for ax, key in zip(axes[0], keys):
-        ax.plot(steps, [r.get(key, np.nan) for r in records], lw=1.2)
-        ax.set_title(key, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
+    if labels is None:
+        labels = {k: k for k in records[-1] if k not in ("step", "epoch", "images_per_s") and not k.startswith("lr_")}
+    keys = [k for k in labels if k in records[-1]]
+    columns = max(1, min(4, len(keys)))
+    rows = max(1, -(-len(keys) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.7 * columns, 2.3 * rows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    steps = np.array([r["step"] for r in records])
+    for ax, key in zip(axes.flat, keys):
+        values = np.array([r.get(key, np.nan) for r in records], dtype=float)
+        ax.plot(steps, values, lw=0.6, alpha=0.35, color="tab:blue")
+        if len(values) >= 5:
+            ax.plot(steps[2:-2], np.convolve(values, np.ones(5) / 5, mode="valid"), lw=1.3, color="tab:blue")
+        ax.set_title(labels[key], fontsize=8)
+        ax.set_xlabel("step", fontsize=7)
+        ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -187,44 +187,13 @@ LOSS_LABELS = {"loss": "total loss", "ssim": "2 - SSIM (image)", "l1": "MAE (ima
                "bce": "BCE (mask)", "dice": "1 - Dice (mask)", "kl": "KL (nats, summed over z)"}
 
 
-def loss_curves_figure(metrics_jsonl: Path | str, path: Path | str) -> Path:
-    """One panel per loss term against the step, like the poster's figures 3-6, smoothed lightly."""
-    import json
-
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    records = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
-    keys = [k for k in LOSS_LABELS if k in records[-1]]
-    columns = min(4, len(keys))
-    rows = -(-len(keys) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.7 * columns, 2.3 * rows), squeeze=False)
-    for ax in axes.flat[len(keys):]:
-        ax.axis("off")
-    steps = np.array([r["step"] for r in records])
-    for ax, key in zip(axes.flat, keys):
-        values = np.array([r.get(key, np.nan) for r in records], dtype=float)
-        ax.plot(steps, values, lw=0.6, alpha=0.35, color="tab:blue")
-        if len(values) >= 5:
-            kernel = np.ones(5) / 5
-            ax.plot(steps[2:-2], np.convolve(values, kernel, mode="valid"), lw=1.3, color="tab:blue")
-        ax.set_title(LOSS_LABELS[key], fontsize=8)
-        ax.set_xlabel("step", fontsize=7)
-        ax.tick_params(labelsize=6)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def eval_run(run_dir: Path | str, root: Path | str | None = None, out: Path | str | None = None,
              limit: int | None = None, device: str = "cpu", split: str = "test") -> dict:
     """`faceedu eval RUN` for a VAE run: metrics on the test split (eval.json), the reconstruction figure
     and the loss curves, written to RUN/eval/ (or `out`). Returns the metrics."""
     import json
+
+    from faceedu.viz import plot_loss_curves
 
     run_dir = Path(run_dir)
     vae, described = load_run(run_dir)
@@ -242,7 +211,7 @@ def eval_run(run_dir: Path | str, root: Path | str | None = None, out: Path | st
     reconstruction_figure(vae, faces, masks, out / "reconstructions.png",
                           f"{split} split: masked SSIM {metrics['masked_ssim']:.3f}, SSIM {metrics['ssim']:.3f}")
     if (run_dir / "metrics.jsonl").is_file():
-        loss_curves_figure(run_dir / "metrics.jsonl", out / "loss_curves.png")
+        plot_loss_curves(run_dir / "metrics.jsonl", out / "loss_curves.png", labels=LOSS_LABELS)  # poster's figs 3-6
     return metrics
 
 
@@ -255,7 +224,7 @@ def format_metrics(metrics: dict) -> str:
 
 
 __all__ = ["VAETask", "train_vae", "load_run", "load_data", "sample_rows", "default_steps", "preset", "evaluate_vae",
-           "eval_run", "reconstruction_figure", "loss_curves_figure", "format_metrics"]
+           "eval_run", "reconstruction_figure", "format_metrics"]
 
 
 # --- command line ----------------------------------------------------------------------------------------
