@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from faceedu import latent as LT
+from faceedu.data.stats import phi_matrix
 from faceedu.models.vae import FaceVAE
 
 # Poster figures 11-13: batch edits of hair colour and of beard type.
@@ -162,6 +163,7 @@ class LatentSpace:
         self.attrs = self.attrs[:, varying].float()
         self.mu = self.mu.float()
         self.vectors = LT.attribute_vectors(self.mu, self.attrs)   # (A, latent)
+        self.phi = phi_matrix(self.attrs)                           # (A, A) label correlations
 
     # -- construction --
 
@@ -211,17 +213,10 @@ class LatentSpace:
         """v_a = mean mu of faces with `name` minus mean mu of faces without it."""
         return self.vectors[self.index(name)]
 
-    def phi(self) -> torch.Tensor:
-        """(A, A) phi coefficients (correlations) of the labels the vectors were fitted on."""
-        x = self.attrs - self.attrs.mean(0)
-        cov = x.T @ x / len(x)
-        std = cov.diagonal().sqrt()
-        return cov / (std[:, None] * std[None, :]).clamp_min(1e-12)
-
     def correlated(self, name: str, threshold: float = CORRELATED_PHI) -> list[str]:
         """Attributes whose labels correlate with `name` (|phi| >= threshold): an edit of `name` is
         expected to move them too, by design of the data or by definition (one hair colour at a time)."""
-        row = self.phi()[self.index(name)]
+        row = self.phi[self.index(name)]
         return [n for i, n in enumerate(self.names) if n != name and abs(float(row[i])) >= threshold]
 
     def held(self, name: str, threshold: float = CORRELATED_PHI) -> list[str]:
