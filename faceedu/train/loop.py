@@ -311,7 +311,9 @@ def train(task: Task, dataset: Dataset, run_dir: Path | str, config: LoopConfig,
     summary = {"steps": config.steps, "steps_this_run": trained, "seconds": round(seconds, 1),
                "images_per_s": round(trained * config.batch_size * world / seconds, 1) if trained else None,
                "device": str(device), "losses": losses}
-    if main_process:
+    if main_process and trained:
         print(f"Trained {trained} steps in {seconds:.1f} s on {device} "
-              f"({summary['images_per_s'] or 0:,.0f} images/s); run folder: {run_dir}")
+              f"({summary['images_per_s']:,.0f} images/s); run folder: {run_dir}")
+    elif main_process:
+        print(f"Nothing to train: {run_dir} is already at step {config.steps}.")
     return summary
