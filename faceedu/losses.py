@@ -11,6 +11,9 @@ otherwise, so a loss does not change scale with the batch size.
 - MS-SSIM (Wang, Simoncelli & Bovik, 2003).
 - MAE (l1), MSE (l2) and their masked forms; binary cross-entropy and Dice (smooth = 1) for masks.
 - KL divergence of a diagonal Gaussian from the standard normal (Kingma & Welling, 2014).
+- Adversarial losses on discriminator logits: the original GAN's (Goodfellow et al. 2014; the generator's
+  non-saturating form, optional one-sided label smoothing, Salimans et al. 2016), the hinge loss (Lim & Ye
+  2017; Miyato et al. 2018) and least squares (LSGAN, Mao et al. 2017, as CycleGAN uses it).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 __all__ = [
     "masked_mean", "mae", "mse", "bce", "dice", "dice_loss", "bce_dice",
     "gaussian_window", "ssim_map", "ssim", "ssim_loss", "ms_ssim", "MS_SSIM_WEIGHTS",
-    "kl_divergence", "compose",
+    "kl_divergence", "compose", "GAN_LOSSES", "discriminator_loss", "generator_loss",
 ]
 
 # --- pixel losses -------------------------------------------------------------------------------------
@@ -201,3 +204,45 @@ def compose(pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Te
     input elsewhere. With the ground-truth mask in training, every image loss computed on the result
     sees only face pixels (outside, the result equals the target exactly)."""
     return pred * mask + x * (1 - mask)
+
+
+# --- adversarial losses ----------------------------------------------------------------------------------
+
+GAN_LOSSES = ("bce", "hinge", "lsgan")
+
+
+def discriminator_loss(real: torch.Tensor, fake: torch.Tensor, kind: str = "bce",
+                       real_label: float = 1.0) -> torch.Tensor:
+    """The discriminator's loss on its logits for real and for (detached) generated images, each term
+    averaged over its own elements. `real_label` < 1 is one-sided label smoothing (0.9 in Salimans et al.
+    2016): only the real targets are softened, never the fake ones.
+
+    bce:   -log D(x) - log(1 - D(G(z)))          (Goodfellow et al. 2014, eq. 1), D = sigmoid(logit)
+    hinge: relu(1 - D(x)) + relu(1 + D(G(z)))     (Lim & Ye 2017)
+    lsgan: (D(x) - 1)^2 + D(G(z))^2               (Mao et al. 2017; CycleGAN scales it by 0.5 in its step)
+    """
+    if kind == "bce":
+        return (F.binary_cross_entropy_with_logits(real, torch.full_like(real, real_label))
+                + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+    if kind == "hinge":
+        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+    if kind == "lsgan":
+        return F.mse_loss(real, torch.full_like(real, real_label)) + F.mse_loss(fake, torch.zeros_like(fake))
+    raise ValueError(f"Unknown GAN loss {kind!r}: choose from {', '.join(GAN_LOSSES)}.")
+
+
+def generator_loss(fake: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+    """The generator's loss on the discriminator's logits for its images.
+
+    bce:   -log D(G(z)), the non-saturating form (Goodfellow et al. 2014, sec. 3): strong gradients early,
+           when D rejects every fake (the saturating log(1 - D(G(z))) would give almost none)
+    hinge: -D(G(z))
+    lsgan: (D(G(z)) - 1)^2
+    """
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+    if kind == "hinge":
+        return -fake.mean()
+    if kind == "lsgan":
+        return F.mse_loss(fake, torch.ones_like(fake))
+    raise ValueError(f"Unknown GAN loss {kind!r}: choose from {', '.join(GAN_LOSSES)}.")

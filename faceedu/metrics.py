@@ -10,6 +10,13 @@ Edits, refereed by the judges (`faceedu.models.judges`):
   identity similarity    cosine of the identity judge's embeddings before and after, and how often it
                          clears the judge's same-person threshold;
   expression transfer    translated faces read as the target expression (per the expression judge).
+Generated faces, for every generative lesson (04, 05, 06, 08):
+  Fréchet distance       between Gaussians fitted to the attribute judge's penultimate features of real and
+                         generated faces (the formula of FID, Heusel et al. 2017, but NOT FID: no Inception
+                         network here, so its values are not comparable with published FIDs), always
+                         reported beside its floor, the distance between two halves of the real faces;
+  diversity              mean pairwise distance of generated faces in the same feature space, against the
+                         real faces' (mode collapse drives it towards 0).
 `faceedu eval judges` prints the judges' own test-split figures; every result is a dict that
 `format_table` prints and `json.dumps` writes.
 """
@@ -189,6 +196,67 @@ def edit_report(judges, original: torch.Tensor, edited: torch.Tensor, attribute:
     if judges.identity is not None:
         report |= {f"identity_{k}": v for k, v in identity_similarity(judges.identity, original, edited).items()}
     return report | image_metrics(original, edited, mask)
+
+
+# --- generated faces: Fréchet distance and diversity in judge feature space ----------------------------
+
+@torch.no_grad()
+def judge_features(judge, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """(N, D) float64: the judge's penultimate features (its backbone's pooled output) of images in [0, 1]."""
+    from faceedu.models.judges import prepare
+
+    device = next(judge.parameters()).device
+    was_training = judge.training
+    judge.eval()
+    try:
+        return torch.cat([judge.backbone(prepare(images[i:i + batch].to(device), judge.channels)).double().cpu()
+                          for i in range(0, len(images), batch)])
+    finally:
+        judge.train(was_training)
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    r"""Fréchet distance between Gaussians fitted to two feature sets (N, D) and (M, D) (Dowson & Landau 1982):
+
+    .. math:: d^2 = \lVert\mu_a - \mu_b\rVert^2 + \operatorname{Tr}\big(\Sigma_a + \Sigma_b - 2(\Sigma_a\Sigma_b)^{1/2}\big)
+
+    The trace of the matrix square root is computed as the sum of the square roots of the eigenvalues of
+    the symmetric :math:`\Sigma_a^{1/2}\Sigma_b\Sigma_a^{1/2}`, which has the same spectrum and is stable."""
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"expected two (N, D) feature sets of the same D, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if min(len(a), len(b)) < 2:
+        raise ValueError("a Fréchet distance needs at least 2 samples in each set")
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.t()), torch.cov(b.t())
+    values, vectors = torch.linalg.eigh(cov_a)
+    root_a = vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.t()
+    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()
+    return float((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
+
+
+def mean_pairwise_distance(features: torch.Tensor, max_items: int = 2000) -> float:
+    """Mean Euclidean distance between distinct rows of (N, D) features (the first `max_items`)."""
+    f = features[:max_items].double()
+    n = len(f)
+    if n < 2:
+        raise ValueError("the diversity of fewer than 2 samples is undefined")
+    return float(torch.cdist(f, f).sum() / (n * (n - 1)))
+
+
+def generation_report(judge, real: torch.Tensor, generated: torch.Tensor) -> dict[str, float]:
+    """Fréchet distance and diversity of generated faces against real ones, with the real-vs-real floor.
+
+    The real faces are split into two halves A and B: the floor is FD(A, B) and the score FD(A, G) with G
+    cut to B's size, so both distances come from equally many samples (the estimate is biased by N)."""
+    fr, fg = judge_features(judge, real), judge_features(judge, generated)
+    half = len(fr) // 2
+    first, second = fr[:half], fr[half:2 * half]
+    real_diversity = mean_pairwise_distance(fr)
+    diversity = mean_pairwise_distance(fg)
+    return {"frechet": frechet_distance(first, fg[:len(second)]), "frechet_floor": frechet_distance(first, second),
+            "diversity": diversity, "real_diversity": real_diversity, "diversity_ratio": diversity / real_diversity,
+            "real": len(fr), "generated": len(fg)}
 
 
 # --- printing -------------------------------------------------------------------------------------------

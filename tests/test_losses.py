@@ -142,3 +142,22 @@ def test_compose_keeps_the_input_outside_the_mask():
     mask[..., 1:3, 1:3] = 1
     out = L.compose(pred, x, mask)
     assert torch.all(out[..., 1:3, 1:3] == 0.2) and out.sum() == pytest.approx(3 * (4 * 0.2 + 12 * 0.9))
+
+
+def test_gan_losses_follow_their_definitions():
+    import math
+
+    real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.5, -3.0])
+    sig = torch.sigmoid
+    bce_d = -(torch.log(sig(real)).mean() + torch.log(1 - sig(fake)).mean())
+    assert L.discriminator_loss(real, fake, "bce").item() == pytest.approx(bce_d.item(), rel=1e-5)
+    smoothed = -(0.9 * torch.log(sig(real)) + 0.1 * torch.log(1 - sig(real))).mean() - torch.log(1 - sig(fake)).mean()
+    assert L.discriminator_loss(real, fake, "bce", real_label=0.9).item() == pytest.approx(smoothed.item(), rel=1e-5)
+    assert L.generator_loss(fake, "bce").item() == pytest.approx(-torch.log(sig(fake)).mean().item(), rel=1e-5)
+    assert L.discriminator_loss(real, fake, "hinge").item() == pytest.approx((0 + 2) / 2 + (1.5 + 0) / 2)
+    assert L.generator_loss(fake, "hinge").item() == pytest.approx(1.25)
+    assert L.discriminator_loss(real, fake, "lsgan").item() == pytest.approx((1 + 4) / 2 + (0.25 + 9) / 2)
+    assert L.generator_loss(fake, "lsgan").item() == pytest.approx((0.25 + 16) / 2)
+    assert not math.isnan(L.generator_loss(torch.tensor([-100.0]), "bce").item())  # stable on logits
+    with pytest.raises(ValueError, match="choose from"):
+        L.generator_loss(fake, "wgan")

@@ -118,3 +118,34 @@ def test_expression_transfer_rate_on_real_labels(synth_root):
     happy = images[labels == codes.index("HA")]
     assert metrics.expression_transfer_rate(judge, happy, "HA") > 0.9
     assert metrics.expression_transfer_rate(judge, happy, "SA") < 0.1
+
+
+def test_frechet_distance_matches_scipy_sqrtm_and_is_zero_for_the_same_set():
+    import numpy as np
+    import scipy.linalg
+
+    from faceedu.metrics import frechet_distance
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(400, 6, generator=g)
+    b = torch.randn(300, 6, generator=g) @ torch.randn(6, 6, generator=g) * 0.5 + 1
+    A, B = a.double().numpy(), b.double().numpy()
+    ca, cb = np.cov(A.T), np.cov(B.T)
+    expected = ((A.mean(0) - B.mean(0)) ** 2).sum() + np.trace(ca + cb - 2 * scipy.linalg.sqrtm(ca @ cb).real)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+    assert abs(frechet_distance(a, a)) < 1e-9
+    with pytest.raises(ValueError, match="same D"):
+        frechet_distance(a, b[:, :5])
+
+
+def test_generation_report_flags_a_collapsed_generator():
+    from faceedu.metrics import generation_report
+    from faceedu.models.judges import load_judges
+
+    judge = load_judges(kinds=["attributes"]).attributes
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(64, 3, 64, 64, generator=g)
+    collapsed = real[:1].expand(32, -1, -1, -1) + 0.001 * torch.rand(32, 3, 64, 64, generator=g)
+    report = generation_report(judge, real, collapsed)
+    assert report["diversity_ratio"] < 0.1
+    assert report["frechet"] > report["frechet_floor"]
