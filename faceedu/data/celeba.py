@@ -12,7 +12,9 @@ import torch
 from torch.utils.data import Dataset
 
 from faceedu.data.celebamask import MASK_TARGETS, fit_to_image, mask_target, read_label_map
-from faceedu.data.layout import CELEBA_ATTRIBUTES, CELEBA_FILES, CELEBA_SPLITS, CELEBAMASK_FILES, dataset_error
+from faceedu.data.layout import (
+    CELEBA_ATTRIBUTES, CELEBA_CSV_FILES, CELEBA_FILES, CELEBA_MASKS_HINT, CELEBA_SPLITS, CELEBAMASK_FILES, dataset_error,
+)
 from faceedu.data.loading import (
     check_split, dataset_folder, finish, open_image, read_binary_attributes, read_table, require_files,
     select_attributes, target_types,
@@ -30,7 +32,32 @@ _ANNOTATIONS: dict[str, tuple[bool, int, type]] = {
 
 
 def _looks_like_celeba(folder: Path) -> bool:
-    return (folder / CELEBA_FILES["attributes"]).is_file() or (folder / CELEBA_FILES["images"]).is_dir()
+    return ((folder / CELEBA_FILES["attributes"]).is_file() or (folder / CELEBA_CSV_FILES["attributes"]).is_file()
+            or (folder / CELEBA_FILES["images"]).is_dir())
+
+
+def annotation_file(folder: Path, key: str) -> Path:
+    """The file of annotation `key` in a CelebA folder: the official text file, else Kaggle's CSV copy;
+    when neither is there, the text file's path (so the error names what to add)."""
+    text = folder / CELEBA_FILES[key]
+    if not text.is_file() and key in CELEBA_CSV_FILES and (folder / CELEBA_CSV_FILES[key]).is_file():
+        return folder / CELEBA_CSV_FILES[key]
+    return text
+
+
+def _require_annotation(folder: Path, key: str, needed_for: str) -> Path:
+    path = annotation_file(folder, key)
+    if not path.is_file():
+        other = f" (or Kaggle's {CELEBA_CSV_FILES[key]})" if key in CELEBA_CSV_FILES else ""
+        raise dataset_error(KIND, f"Missing annotation file {path.name}{other}: {needed_for} needs it.", path)
+    return path
+
+
+def _image_folder(folder: Path) -> Path:
+    """img_align_celeba/, or the img_align_celeba/img_align_celeba/ that Kaggle's archive unpacks to."""
+    images = folder / CELEBA_FILES["images"]
+    nested = images / CELEBA_FILES["images"]
+    return nested if nested.is_dir() else images
 
 
 class CelebA(Dataset):
@@ -57,10 +84,10 @@ class CelebA(Dataset):
         self.root = self.folder.parent
         self.target_type = target_types(target_type, self.target_types)
         self.transform, self.target_transform = transform, target_transform
-        self.images = self.folder / CELEBA_FILES["images"]
+        self.images = _image_folder(self.folder)
         if not self.images.is_dir():
             raise dataset_error(KIND, f"Missing image folder {self.images.name}/ in {self.folder}.", self.images)
-        table = read_binary_attributes(self.folder / CELEBA_FILES["attributes"], KIND)
+        table = read_binary_attributes(_require_annotation(self.folder, "attributes", "every CelebA split"), KIND)
         self.attr_file = table.path
         columns = select_attributes(table.header, attributes, KIND, table.path, known=CELEBA_ATTRIBUTES)
         self._all_files = table.keys
@@ -74,8 +101,9 @@ class CelebA(Dataset):
                 self.annotation(name)  # a missing or malformed file fails now, not mid-epoch
         self.label_maps = self.folder / CELEBAMASK_FILES["label_maps"]
         if MASK_TARGETS & set(self.target_type) and not self.label_maps.is_dir():
-            raise dataset_error(KIND, f"target_type {self.target_type} needs label maps in "
-                                      f"{self.label_maps.name}/ (000001.jpg -> 0.png): missing.", self.label_maps)
+            raise dataset_error(KIND, f"No face masks: target_type {self.target_type} needs label maps in "
+                                      f"{self.label_maps.name}/ (000001.jpg -> 0.png), and {self.folder} has none. "
+                                      f"{CELEBA_MASKS_HINT}", self.label_maps)
         if check:
             self.check()
 
@@ -84,24 +112,27 @@ class CelebA(Dataset):
         if self.split == "all":
             rows = np.arange(len(files))
         else:
-            partition = read_table(self.folder / CELEBA_FILES["partition"], KIND, counted=False, header=False,
-                                   columns=1)
+            path = _require_annotation(self.folder, "partition", f"the {self.split!r} split")
+            partition = read_table(path, KIND, counted=False, header=False, columns=1)
             rows = np.flatnonzero(partition.aligned(files, KIND)[:, 0] == CELEBA_SPLITS[self.split])
         if rows.size == 0:
-            source = CELEBA_FILES["attributes" if self.split == "all" else "partition"]
-            raise dataset_error(KIND, f"Split {self.split!r} is empty: {source} lists no image for it.",
-                                self.folder / source)
+            source = annotation_file(self.folder, "attributes" if self.split == "all" else "partition")
+            raise dataset_error(KIND, f"Split {self.split!r} is empty: {source.name} lists no image for it.", source)
         return rows
 
     def annotation(self, name: str) -> torch.Tensor:
         """One annotation ("identity", "bbox", "landmarks", "landmarks68") for every item, read on first use."""
         if name not in self._annotations:
             counted, columns, dtype = _ANNOTATIONS[name]
-            table = read_table(self.folder / CELEBA_FILES[name], KIND, counted=counted, header=counted,
-                               columns=columns, dtype=dtype)
+            path = _require_annotation(self.folder, name, f"target_type {name!r}")
+            table = read_table(path, KIND, counted=counted, header=counted, columns=columns, dtype=dtype)
             values = torch.from_numpy(table.aligned(self._all_files, KIND)[self._rows])
             self._annotations[name] = values[:, 0] if columns == 1 else values
         return self._annotations[name]
+
+    def has_annotation(self, name: str) -> bool:
+        """Whether this folder holds annotation `name` ("identity", "bbox", ...): many downloads lack some."""
+        return name in self._annotations or annotation_file(self.folder, name).is_file()
 
     @property
     def identity(self) -> torch.Tensor:

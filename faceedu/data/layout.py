@@ -35,6 +35,23 @@ CELEBA_FILES: dict[str, str] = {
     "landmarks68": "list_landmarks_68.txt",
 }
 
+# Kaggle's common copy of CelebA ships these as CSV files (`image_id,5_o_Clock_Shadow,...` header, no count
+# line, comma-separated rows); the loader reads either form, the text file first.
+CELEBA_CSV_FILES: dict[str, str] = {
+    "attributes": "list_attr_celeba.csv",
+    "partition": "list_eval_partition.csv",
+    "bbox": "list_bbox_celeba.csv",
+    "landmarks": "list_landmarks_align_celeba.csv",
+}
+
+# The files a CelebA folder needs for the models (the others are read only by what uses them).
+CELEBA_REQUIRED: tuple[str, ...] = ("images", "attributes", "partition")
+
+# How to make face masks for a CelebA folder that has none (aligned CelebA ships without label maps).
+CELEBA_MASKS_HINT = ("Make them with a face-parsing network: `faceedu train parser`, then "
+                     "`faceedu data masks --root ROOT --parser RUN`; or go on without masks now: "
+                     "`--no-mask` (the VAE without its mask decoder, metrics on the whole image).")
+
 # CelebAMask-HQ's 18 classes in the order of its official `g_mask.py`; in a combined label map,
 # class i of this tuple has value i + 1 and background is 0.
 CELEBAMASK_CLASSES: tuple[str, ...] = (
@@ -77,9 +94,11 @@ ROOT/                       (the folder you pass as root; torchvision's layout)
     img_align_celeba/000001.jpg ... 202599.jpg
     list_attr_celeba.txt            (count line, header line, then `000001.jpg -1 1 ...` rows)
     list_eval_partition.txt         (`000001.jpg 0`; 0 train, 1 valid, 2 test)
-    identity_CelebA.txt             (`000001.jpg 2880`)
-    list_landmarks_align_celeba.txt (count line, header line, then 10 coordinates per row)
-    [CelebAMask-HQ-mask/ or face-parsing label maps, optional]""",
+    [identity_CelebA.txt]           (`000001.jpg 2880`; optional: only identity judges need it)
+    [list_landmarks_align_celeba.txt, list_bbox_celeba.txt]  (optional)
+    [CelebAMask-HQ-mask/0.png ...]  (optional label maps: `faceedu data masks` writes them)
+  Kaggle's copy works too: list_attr_celeba.csv, list_eval_partition.csv, list_bbox_celeba.csv,
+  list_landmarks_align_celeba.csv, and img_align_celeba/img_align_celeba/ for the images.""",
     "celebamask": """\
 ROOT/
   CelebAMask-HQ/

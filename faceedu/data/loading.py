@@ -62,7 +62,8 @@ def read_table(path: Path, kind: str, *, counted: bool, header: bool, columns: i
     """Parse a `name v1 v2 ...` annotation file (optionally after a count line and a header line).
 
     `columns` is the number of values per row (default: one per header name). Fast enough for CelebA's
-    202,599 rows (about a second) because the values are converted by numpy in one call.
+    202,599 rows (about a second) because the values are converted by numpy in one call. A `.csv` file is
+    read as Kaggle's copies are written: a header line `image_id,name1,...`, no count line, commas.
     """
     if not path.is_file():
         raise dataset_error(kind, f"Missing annotation file {path.name}.", path)
@@ -70,6 +71,10 @@ def read_table(path: Path, kind: str, *, counted: bool, header: bool, columns: i
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as err:
         raise dataset_error(kind, f"Malformed annotation file {path.name}: it is not a text file.", path) from err
+    csv = path.suffix.lower() == ".csv"
+    if csv:
+        counted, header = False, True
+        lines = [line.replace(",", " ") for line in lines]
     while lines and not lines[-1].strip():
         lines.pop()
     first, expected_rows, names = 0, None, ()
@@ -80,6 +85,8 @@ def read_table(path: Path, kind: str, *, counted: bool, header: bool, columns: i
         if len(lines) <= first:
             raise _malformed(kind, path, first + 1, "the header line is missing")
         names = tuple(lines[first].split())
+        if csv:
+            names = names[1:]  # the key column's own name, image_id
         first += 1
     width = len(names) if columns is None else columns
     if len(names) == width + 1:  # list_bbox_celeba.txt's header also names the key column: image_id
