@@ -1,0 +1,287 @@
+"""Training the conditional GAN on the shared loop: the Task (one alternating step, `gan_step`), the data
+(faces in [-1, 1] for the tanh generator, with the chosen attributes checked against the data), the
+measurements (the attribute judge on every combination, diversity and the Fréchet distance in the judge's
+feature space) and `faceedu train cgan`."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from faceedu.models.cgan import (CGANConfig, Generator, combinations, discriminator, gan_step, parameter_count,
+                                 preset)
+from faceedu.train.loop import CHECKPOINT, LoopConfig, train
+
+# --- data -----------------------------------------------------------------------------------------------
+
+
+class AttributeFaces(Dataset):
+    """Faces with the chosen attributes only: items {"image": (3, S, S) in [0, 1], "attr": (k,) of 0/1}."""
+
+    def __init__(self, faces: Any, attrs: tuple[str, ...]):
+        self.faces, self.attrs = faces, tuple(attrs)
+        self.columns = [faces.attr_names.index(a) for a in attrs]
+        self.attr = faces.attr[:, self.columns].float()
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"image": self.faces.images[index].float().div(255), "attr": self.attr[index]}
+
+    def images(self, limit: int | None = None) -> torch.Tensor:
+        """(N, 3, S, S) floats in [0, 1], the first `limit`."""
+        return self.faces.images[:limit].float().div(255)
+
+
+def check_attributes(attrs: tuple[str, ...] | list[str], names: list[str], attr: torch.Tensor,
+                     source: str = "the data") -> None:
+    """Refuse attribute names the data lacks (with the closest valid names) and attributes that never vary
+    in it (a cGAN cannot learn what it never sees both ways: SynthFaces writes 15 of CelebA's 40 as all -1)."""
+    if len(set(attrs)) != len(attrs):
+        raise ValueError(f"--attrs lists an attribute twice: {', '.join(attrs)}")
+    for name in attrs:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(map(repr, close))}?" if close else "valid: " + ", ".join(names)
+            raise ValueError(f"Unknown attribute {name!r}: {hint}")
+        column = attr[:, names.index(name)]
+        if bool((column == column[0]).all()):
+            value = "present" if float(column[0]) > 0 else "absent"
+            raise ValueError(f"Attribute {name!r} is {value} in every image of {source}: it is constant, so a "
+                             f"conditional GAN has nothing to learn from it. Pick attributes that vary "
+                             f"(on SynthFaces: faceedu.data.synthfaces.SYNTH_ATTRIBUTES).")
+
+
+def load_data(root: Path | str, split: str, config: CGANConfig, limit: int | None = None) -> AttributeFaces:
+    """The split as in-memory faces at the model's size with the config's attributes (checked)."""
+    from faceedu.data.tensors import load_face_tensors
+
+    faces = load_face_tensors(root, split=split, size=config.image_size, masks=False, crop="center", limit=limit)
+    check_attributes(config.attrs, faces.attr_names, faces.attr, f"the {split} split under {root}")
+    return AttributeFaces(faces, config.attrs)
+
+
+# --- the task -------------------------------------------------------------------------------------------
+
+
+class CGANTask:
+    """G and D with their own Adam (DCGAN: 2e-4, beta1 0.5); one alternating step per batch."""
+
+    def __init__(self, config: CGANConfig, seed: int = 0):
+        torch.manual_seed(seed)
+        self.config = config
+        self.G, self.D = Generator(config), discriminator(config)
+        if config.channels_last:
+            self.G = self.G.to(memory_format=torch.channels_last)
+            self.D = self.D.to(memory_format=torch.channels_last)
+        betas = (config.beta1, config.beta2)
+        self.optimizers = {"G": torch.optim.Adam(self.G.parameters(), lr=config.lr_g, betas=betas),
+                           "D": torch.optim.Adam(self.D.parameters(), lr=config.lr_d, betas=betas)}
+        self.schedulers: dict[str, Any] = {}
+        g = torch.Generator().manual_seed(1234)                      # the fixed z of every sample grid
+        self.grid_y = combinations(len(config.attrs))[:16]
+        self.grid_z = torch.randn(8, config.z_dim, generator=g)
+
+    @property
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"G": self.G, "D": self.D}
+
+    def step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        x = batch["image"] * 2 - 1                                    # [0, 1] -> [-1, 1], the range of tanh
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return gan_step(_plain(self.G), self.D, self.optimizers["G"], self.optimizers["D"], x, batch["attr"], self.config)
+
+    def samples(self, batch: Any) -> torch.Tensor:
+        """A grid: one row per attribute combination (up to 16), the same 8 z in every row."""
+        return combination_grid(_plain(self.G), self.grid_z, self.grid_y)
+
+
+def _plain(module: torch.nn.Module) -> torch.nn.Module:
+    return getattr(module, "module", module)
+
+
+@torch.no_grad()
+def generate(G: Generator, y: torch.Tensor, z: torch.Tensor | None = None, seed: int = 0, batch: int = 500) -> torch.Tensor:
+    """Faces (N, 3, S, S) in [0, 1] for attributes y (N, k); z drawn from `seed` unless given."""
+    device = next(G.parameters()).device
+    if z is None:
+        z = torch.randn(len(y), G.z_dim, generator=torch.Generator().manual_seed(seed))
+    was_training = G.training
+    G.eval()
+    try:
+        out = [G(z[i:i + batch].to(device), y[i:i + batch].to(device)).float().add(1).div(2).clamp(0, 1).cpu()
+               for i in range(0, len(y), batch)]
+    finally:
+        G.train(was_training)
+    return torch.cat(out)
+
+
+def combination_grid(G: Generator, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(len(y) * len(z), 3, S, S): row r is combination y[r] for every z."""
+    rows = y.repeat_interleave(len(z), 0)                          # (R * Z, k)
+    return generate(G, rows, z.repeat(len(y), 1))
+
+
+def default_steps(config: CGANConfig) -> int:
+    return max(1, round(config.epochs * config.epoch_images / config.batch_size))
+
+
+def train_cgan(config: CGANConfig, run_dir: Path | str, root: Path | str, steps: int | None = None,
+               loop: LoopConfig | None = None, dataset: Any = None, preset_name: str = "custom", seed: int = 0) -> dict:
+    """Train a cGAN into `run_dir` (resuming if a checkpoint is there) on the train split under `root`;
+    returns the loop's summary. `dataset` overrides the data (tests pass a small one)."""
+    steps = steps if steps is not None else default_steps(config)
+    loop = loop or LoopConfig()
+    loop = LoopConfig(**(asdict(loop) | {"steps": steps, "batch_size": config.batch_size, "seed": seed,
+                                         "bf16": loop.bf16 or config.bf16}))
+    dataset = dataset if dataset is not None else load_data(root, "train", config)
+    describe = {"model": "cgan", "preset": preset_name, "data": str(root), "cgan": config.to_dict()}
+    return train(CGANTask(config, seed=seed), dataset, run_dir, loop, describe=describe)
+
+
+def load_run(run_dir: Path | str, map_location: str | torch.device = "cpu") -> tuple[Generator, dict]:
+    """The trained generator of a run folder (eval mode) and its config.json."""
+    run_dir = Path(run_dir)
+    described = json.loads((run_dir / "config.json").read_text())
+    if described.get("model") != "cgan":
+        raise ValueError(f"{run_dir} holds a {described.get('model')!r} run, not a cGAN")
+    G = Generator(CGANConfig.from_dict(described["cgan"]))
+    state = torch.load(run_dir / CHECKPOINT, map_location=map_location, weights_only=True)
+    G.load_state_dict(state["modules"]["G"])
+    return G.eval(), described
+
+
+# --- measurements ---------------------------------------------------------------------------------------
+
+
+def evaluate_cgan(G: Generator, attrs: tuple[str, ...], real: torch.Tensor, per_combination: int = 500,
+                  judge=None, seed: int = 0) -> dict:
+    """The lesson's bars on a trained G:
+
+    - for every attribute combination, the share of `per_combination` generated faces on which the
+      attribute judge sees exactly the requested attributes (all k agree), and per attribute;
+    - diversity (mean pairwise distance in judge feature space) of the generated faces against the real
+      faces' `real` (N, 3, S, S) in [0, 1], and the Fréchet distance on the same features with its
+      real-vs-real floor (`faceedu.metrics.generation_report`; not FID: the features are the judge's).
+    The generated set mixes the combinations in equal shares."""
+    from faceedu.metrics import generation_report
+    from faceedu.models.judges import load_judges
+
+    judge = judge if judge is not None else load_judges(kinds=("attributes",)).require("attributes")
+    columns = [judge.index(a) for a in attrs]
+    combos = combinations(len(attrs))
+    rows, generated = [], []
+    for c, y in enumerate(combos):
+        faces = generate(G, y.expand(per_combination, -1).contiguous(), seed=seed + c)
+        seen = judge.predict(faces)[:, columns]                    # (N, k) 0/1
+        agree = (seen == y).float()
+        rows.append({"attributes": {a: int(v) for a, v in zip(attrs, y.tolist())},
+                     "agreement": float(agree.all(1).mean()),
+                     "per_attribute": {a: float(agree[:, i].mean()) for i, a in enumerate(attrs)}})
+        generated.append(faces)
+    mixed = torch.cat(generated)[torch.randperm(len(combos) * per_combination, generator=torch.Generator().manual_seed(seed))]
+    report = generation_report(judge, real, mixed[:len(real)])
+    return {"combinations": rows, "min_agreement": min(r["agreement"] for r in rows), **report}
+
+
+def format_report(result: dict) -> str:
+    lines = [f"{'attributes':<40} {'judge agrees':>12}"]
+    for row in result["combinations"]:
+        lines.append(f"{', '.join(f'{a}={v}' for a, v in row['attributes'].items()):<40} {row['agreement']:>12.1%}")
+    lines.append(f"diversity {result['diversity']:.3f} vs real {result['real_diversity']:.3f} "
+                 f"(ratio {result['diversity_ratio']:.2f}); Fréchet distance in judge features "
+                 f"{result['frechet']:.3f} (real-vs-real floor {result['frechet_floor']:.3f}; not FID)")
+    return "\n".join(lines)
+
+
+def eval_run(run_dir: Path | str, root: Path | str | None = None, out: Path | str | None = None,
+             real_limit: int = 2000, per_combination: int = 500) -> dict:
+    """`faceedu eval RUN` for a cGAN run: the bars on the test split (eval.json), the combination grid and
+    the D(x)/D(G(z)) curves, written to RUN/eval/ (or `out`)."""
+    from faceedu.viz import plot_loss_curves, save_grid
+
+    run_dir = Path(run_dir)
+    G, described = load_run(run_dir)
+    config = G_config(described)
+    root = Path(root) if root is not None else Path(described["data"])
+    out = Path(out) if out is not None else run_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    real = load_data(root, "test", config, limit=real_limit).images()
+    result = evaluate_cgan(G, config.attrs, real, per_combination=per_combination)
+    result |= {"run": str(run_dir), "preset": described.get("preset"), "discriminator": config.discriminator,
+               "loss": config.loss, "steps": described["loop"]["steps"]}
+    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    task_grid = combination_grid(G, torch.randn(8, config.z_dim, generator=torch.Generator().manual_seed(1234)),
+                                 combinations(len(config.attrs))[:16])
+    save_grid(task_grid, out / "combinations.png")
+    if (run_dir / "metrics.jsonl").is_file():
+        plot_loss_curves(run_dir / "metrics.jsonl", out / "curves.png", labels=CURVE_LABELS)
+    return result
+
+
+def G_config(described: dict) -> CGANConfig:
+    return CGANConfig.from_dict(described["cgan"])
+
+
+CURVE_LABELS = {"loss_d": "D loss", "loss_g": "G loss", "D_x": "D(x): mean sigmoid on real faces",
+                "D_G_z": "D(G(z)): mean sigmoid on fakes (D's step)"}
+
+
+# --- command line ----------------------------------------------------------------------------------------
+
+
+def command_train(args) -> int:
+    """`faceedu train cgan`: a preset, flags overriding its fields; resumes if --run holds a checkpoint."""
+    overrides: dict[str, Any] = {"lr_g": args.lr, "lr_d": args.lr, "batch_size": args.batch_size}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.attrs:
+        overrides["attrs"] = tuple(a.strip() for a in args.attrs.split(",") if a.strip())
+    if args.discriminator:
+        overrides["discriminator"] = args.discriminator
+    if args.loss:
+        overrides["loss"] = args.loss
+    config = preset(args.preset, **overrides)
+    root = args.root
+    if args.data == "synth":
+        from faceedu.data.synthfaces import ensure
+
+        root = ensure(root, verbose=True)
+    dataset = load_data(root, "train", config)                     # refuses bad attributes before any training
+    run = args.run or Path("runs") / f"cgan-{args.preset}{'-projection' if config.discriminator == 'projection' else ''}"
+    loop = LoopConfig(device=args.device, bf16=args.bf16, progress=not args.no_progress,
+                      sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+    print(f"cGAN ({config.discriminator} D, {config.loss} loss) on {', '.join(config.attrs)}: "
+          f"G {parameter_count(Generator(config)):,} parameters, D {parameter_count(discriminator(config)):,}")
+    train_cgan(config, run, root, steps=args.steps, loop=loop, dataset=dataset, preset_name=args.preset, seed=args.seed)
+    print(f"Next: faceedu eval {run}")
+    return 0
+
+
+def command_eval(run_dir: Path, args) -> int:
+    result = eval_run(run_dir, root=getattr(args, "run_root", None), real_limit=getattr(args, "limit", None) or 2000)
+    print(f"{run_dir} ({result['preset']}, {result['discriminator']} D, {result['steps']} steps)")
+    print(format_report(result))
+    print(f"Wrote {run_dir / 'eval'}/eval.json, combinations.png, curves.png")
+    return 0
+
+
+def bench_tasks(preset_name: str = "quick") -> dict[str, tuple[CGANTask, dict]]:
+    """For `faceedu bench`: the cGAN Tasks (both discriminators) at a preset and one synthetic batch."""
+    config = preset(preset_name)
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.rand(config.batch_size, 3, config.image_size, config.image_size, generator=g),
+             "attr": torch.randint(0, 2, (config.batch_size, len(config.attrs)), generator=g).float()}
+    return {"cgan": (CGANTask(config), batch),
+            "cgan-projection": (CGANTask(preset(preset_name, discriminator="projection")), batch)}
+
+
+__all__ = ["CGANTask", "AttributeFaces", "check_attributes", "load_data", "train_cgan", "load_run", "generate",
+           "combination_grid", "evaluate_cgan", "format_report", "eval_run", "default_steps"]
