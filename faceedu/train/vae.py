@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from faceedu.data.synthfaces import dataset_fingerprint
+from faceedu.data.tensors import load_face_tensors
 from faceedu.models.vae import FaceVAE, VAEConfig, as_float32, clip_per_parameter, lr_factor, preset, vae_losses
 from faceedu.train.loop import LoopConfig, train
 
@@ -62,13 +64,6 @@ def sample_rows(vae: FaceVAE, x: torch.Tensor, mask: torch.Tensor | None) -> tor
     return torch.cat(rows).float()
 
 
-def load_data(root: Path | str, split: str, config: VAEConfig, limit: int | None = None):
-    """The split as in-memory tensors at the model's size, with face+hair+hat masks."""
-    from faceedu.data.tensors import load_face_tensors
-
-    return load_face_tensors(root, split, size=config.image_size, masks=True, crop=config.crop, limit=limit)
-
-
 def default_steps(config: VAEConfig) -> int:
     return max(1, round(config.epochs * config.epoch_images / config.batch_size))
 
@@ -82,9 +77,25 @@ def train_vae(config: VAEConfig, run_dir: Path | str, root: Path | str, steps: i
     loop = loop or LoopConfig()
     loop = LoopConfig(**(asdict(loop) | {"steps": steps, "batch_size": config.batch_size, "seed": seed,
                                          "bf16": loop.bf16 or config.bf16}))
-    dataset = dataset if dataset is not None else load_data(root, "train", config)
-    describe = {"model": "vae", "preset": preset_name, "data": str(root), "vae": config.to_dict()}
+    fingerprint = dataset_fingerprint(root) if dataset is None else None     # a finished run is reusable on it
+    if dataset is None:     # the masks only when the model learns them: --no-mask trains on folders without any
+        dataset = load_face_tensors(root, "train", size=config.image_size, masks=config.use_mask, crop=config.crop)
+    data_path = str(Path(root).expanduser().resolve())     # absolute: commands on the run work from anywhere
+    describe = {"model": "vae", "preset": preset_name, "data": data_path, "data_fingerprint": fingerprint,
+                "vae": config.to_dict()}
     return train(VAETask(config, seed=seed), dataset, run_dir, loop, describe=describe)
+
+
+def run_data_root(run_dir: Path | str, described: dict, root: Path | str | None = None) -> Path:
+    """The data a command on RUN reads: `root` if given, else the folder the run was trained on (stored
+    absolute; an older run's relative path is tried from here, then from beside the run folder)."""
+    if root is not None:
+        return Path(root).expanduser()
+    stored = Path(described["data"]).expanduser()
+    if stored.is_absolute() or stored.exists():
+        return stored
+    beside = Path(run_dir).resolve().parent / stored
+    return beside if beside.exists() else stored
 
 
 def load_run(run_dir: Path | str, map_location: str | torch.device = "cpu") -> tuple[FaceVAE, dict]:
@@ -106,7 +117,7 @@ def load_run(run_dir: Path | str, map_location: str | torch.device = "cpu") -> t
 
 @torch.no_grad()
 def evaluate_vae(vae: FaceVAE, dataset: Any, batch_size: int = 100, device: str | torch.device = "cpu") -> dict[str, float]:
-    """Reconstruction metrics over a dataset of {"image", "mask"} items, with z = mu:
+    """Reconstruction metrics over a dataset of {"image"} or {"image", "mask"} items, with z = mu:
 
     - on the whole image the model returns (with a mask branch, the prediction pasted onto the input with
       the *predicted* mask, as at inference): ssim, ms_ssim, l1_x10, l2_x10 (the paper's table reports
@@ -115,6 +126,7 @@ def evaluate_vae(vae: FaceVAE, dataset: Any, batch_size: int = 100, device: str 
       model gains from copying input pixels: a mask decoder that predicted nothing would otherwise score
       perfectly): masked_ssim (windows centred on the mask), masked_l1_x10, masked_l2_x10;
     - the predicted mask thresholded at 0.5 against the true one: mask_dice, mask_iou.
+    Without true masks (a CelebA folder with no label maps) only the whole-image figures are measured.
     SSIM values are averaged over images, l1 and l2 over the pixels of the whole split."""
     from torch.utils.data import DataLoader
 
@@ -129,15 +141,19 @@ def evaluate_vae(vae: FaceVAE, dataset: Any, batch_size: int = 100, device: str 
         sums[key] = sums.get(key, 0.0) + float(value) * n
 
     for batch in DataLoader(dataset, batch_size=batch_size):
-        x, mask = batch["image"].to(device), batch["mask"].to(device)
+        x = batch["image"].to(device)
         n = len(x)
         result = vae.reconstruct(x)
         out = result["out"].clamp(0, 1)
-        face = L.compose(result["pred"].clamp(0, 1), x, mask)
         add("ssim", L.ssim(out, x), n)
         add("ms_ssim", L.ms_ssim(out, x), n)
         add("l1_x10", 10 * L.mae(out, x), n)
         add("l2_x10", 10 * L.mse(out, x), n)
+        count += n
+        if "mask" not in batch:
+            continue
+        mask = batch["mask"].to(device)
+        face = L.compose(result["pred"].clamp(0, 1), x, mask)
         add("masked_ssim", L.ssim(face, x, mask=mask, reduction="none").mean(), n)
         weights = mask.expand_as(x)
         face_error["l1"] += float(((face - x).abs() * weights).sum())
@@ -149,23 +165,23 @@ def evaluate_vae(vae: FaceVAE, dataset: Any, batch_size: int = 100, device: str 
             inter = (predicted * mask).flatten(1).sum(1)
             union = ((predicted + mask) > 0).float().flatten(1).sum(1)
             add("mask_iou", (inter / union.clamp_min(1)).mean(), n)
-        count += n
     metrics = {k: round(v / count, 5) for k, v in sums.items()}
-    metrics["masked_l1_x10"] = round(10 * face_error["l1"] / max(face_error["pixels"], 1.0), 5)
-    metrics["masked_l2_x10"] = round(10 * face_error["l2"] / max(face_error["pixels"], 1.0), 5)
+    if face_error["pixels"]:
+        metrics["masked_l1_x10"] = round(10 * face_error["l1"] / face_error["pixels"], 5)
+        metrics["masked_l2_x10"] = round(10 * face_error["l2"] / face_error["pixels"], 5)
     return metrics | {"images": count}
 
 
-def reconstruction_figure(vae: FaceVAE, x: torch.Tensor, mask: torch.Tensor, path: Path | str,
+def reconstruction_figure(vae: FaceVAE, x: torch.Tensor, mask: torch.Tensor | None, path: Path | str,
                           title: str = "") -> Path:
     """The poster's figures 7-8: for each face a column of original, reconstruction, true mask and
-    predicted mask (the last two only for a VAE with a mask branch)."""
+    predicted mask (the masks only for a VAE with a mask branch; the true one only when the data has it)."""
     import matplotlib.pyplot as plt
 
     result = vae.reconstruct(x)
     rows = [("original", x), ("reconstruction", result["out"].clamp(0, 1))]
     if "mask" in result:
-        rows += [("true mask", mask), ("predicted mask", result["mask"])]
+        rows += ([("true mask", mask)] if mask is not None else []) + [("predicted mask", result["mask"])]
     fig, axes = plt.subplots(len(rows), len(x), figsize=(1.15 * len(x), 1.2 * len(rows)), squeeze=False)
     for r, (label, images) in enumerate(rows):
         for c in range(len(x)):
@@ -189,27 +205,30 @@ LOSS_LABELS = {"loss": "total loss", "ssim": "2 - SSIM (image)", "l1": "MAE (ima
 
 def eval_run(run_dir: Path | str, root: Path | str | None = None, out: Path | str | None = None,
              limit: int | None = None, device: str = "cpu", split: str = "test") -> dict:
-    """`faceedu eval RUN` for a VAE run: metrics on the test split (eval.json), the reconstruction figure
-    and the loss curves, written to RUN/eval/ (or `out`). Returns the metrics."""
+    """`faceedu eval RUN` for a VAE run: metrics on a split (eval.json), the reconstruction figure and the
+    loss curves, written to RUN/eval/SPLIT/ (or `out`). Masks are used when the data has them, whether or
+    not the model learnt them (the masked figures then compare like with like). Returns the metrics."""
     import json
 
     from faceedu.viz import plot_loss_curves
 
     run_dir = Path(run_dir)
     vae, described = load_run(run_dir)
-    root = Path(root) if root is not None else Path(described["data"])
-    out = Path(out) if out is not None else run_dir / "eval"
+    root = run_data_root(run_dir, described, root)
+    out = Path(out) if out is not None else run_dir / "eval" / split
     out.mkdir(parents=True, exist_ok=True)
-    data = load_data(root, split, vae.config, limit=limit)
+    data = load_face_tensors(root, split, size=vae.config.image_size, masks=None, crop=vae.config.crop, limit=limit)
     metrics = evaluate_vae(vae, data, device=device)
-    metrics |= {"split": split, "run": str(run_dir), "preset": described.get("preset"),
-                "use_mask": vae.config.use_mask, "image_losses": list(vae.config.image_losses)}
+    metrics |= {"split": split, "run": str(run_dir), "data": str(root.resolve()), "preset": described.get("preset"),
+                "use_mask": vae.config.use_mask, "image_losses": list(vae.config.image_losses),
+                "true_masks": data.masks is not None, "out": str(out)}
     (out / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     vae = vae.cpu()
-    faces = torch.stack([data[i]["image"] for i in range(8)])
-    masks = torch.stack([data[i]["mask"] for i in range(8)])
+    faces = data.images[:8].float() / 255
+    masks = data.masks[:8].float() if data.masks is not None else None
+    masked = f"masked SSIM {metrics['masked_ssim']:.3f}, " if "masked_ssim" in metrics else ""
     reconstruction_figure(vae, faces, masks, out / "reconstructions.png",
-                          f"{split} split: masked SSIM {metrics['masked_ssim']:.3f}, SSIM {metrics['ssim']:.3f}")
+                          f"{split} split: {masked}SSIM {metrics['ssim']:.3f}")
     if (run_dir / "metrics.jsonl").is_file():
         plot_loss_curves(run_dir / "metrics.jsonl", out / "loss_curves.png", labels=LOSS_LABELS)  # poster's figs 3-6
     return metrics
@@ -223,7 +242,7 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(f"{label:>14}  {metrics[key]:.4f}" for key, label in names.items() if key in metrics)
 
 
-__all__ = ["VAETask", "train_vae", "load_run", "load_data", "sample_rows", "default_steps", "preset", "evaluate_vae",
+__all__ = ["VAETask", "train_vae", "load_run", "run_data_root", "sample_rows", "default_steps", "preset", "evaluate_vae",
            "eval_run", "reconstruction_figure", "format_metrics"]
 
 
@@ -259,9 +278,11 @@ def command_eval(run_dir: Path, args) -> int:
     metrics = eval_run(run_dir, root=getattr(args, "run_root", None), limit=getattr(args, "limit", None),
                        split=getattr(args, "split", "test"), device="cuda" if torch.cuda.is_available() else "cpu")
     print(f"{run_dir} ({metrics['preset']}, {'with' if metrics['use_mask'] else 'without'} mask, "
-          f"{metrics['images']} {metrics['split']} images)")
+          f"{metrics['images']} {metrics['split']} images of {metrics['data']})")
     print(format_metrics(metrics))
-    print(f"Wrote {run_dir / 'eval'}/eval.json, reconstructions.png, loss_curves.png")
+    if not metrics["true_masks"]:
+        print("(no label maps in this data: whole-image figures only; `faceedu data masks` makes them)")
+    print(f"Wrote {metrics['out']}/eval.json, reconstructions.png, loss_curves.png")
     return 0
 
 

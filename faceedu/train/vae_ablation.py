@@ -30,13 +30,15 @@ def ablate_vae(out: Path | str, root: Path | str, base: VAEConfig | None = None,
                train_limit: int | None = None, seed: int = 0) -> list[dict]:
     """Train every (loss, mask) pair into out/<loss>-<mask|nomask>/ (each run resumes if interrupted),
     evaluate it on the test split and write out/ablation.json and out/ablation.md. Returns the rows."""
-    from faceedu.train.vae import evaluate_vae, load_data, load_run, train_vae
+    from faceedu.data.tensors import load_face_tensors
+    from faceedu.train.vae import evaluate_vae, load_run, train_vae
 
     out = Path(out)
     base = base or preset("quick")
     losses = losses or list(LOSSES)
-    train_data = load_data(root, "train", base, limit=train_limit)
-    test_data = load_data(root, "test", base, limit=eval_limit)
+    size, crop = base.image_size, base.crop          # half the cases learn the mask: the data must have masks
+    train_data = load_face_tensors(root, "train", size=size, masks=True, crop=crop, limit=train_limit)
+    test_data = load_face_tensors(root, "test", size=size, masks=True, crop=crop, limit=eval_limit)
     rows = []
     for loss in losses:
         for mask in (True, False):

@@ -1,0 +1,134 @@
+"""Training inside session fixtures: progress that shows past pytest's output capture, and reuse of a
+finished run of the same configuration and data.
+
+A fixture that trains a quick model takes minutes (more on a busy laptop) and is not under the per-test
+hang limit (`timeout_func_only` in pyproject.toml). So that the log never goes silent, wrap the training in
+`training_progress`; it watches the run's metrics.jsonl (written by the shared loop every `log_every`
+steps) and prints, every 30 s (FACEEDU_TEST_PROGRESS_S), where training is:
+
+    @pytest.fixture(scope="session")
+    def trained_cgan(trained_dir, synth_root, pytestconfig):
+        run = trained_dir / "cgan-quick"
+        with training_progress(pytestconfig, "cgan", run, steps=2000):
+            summary = train_cgan(..., run, ...)
+        return {"run": run, "summary": summary}
+
+    [cgan] step 450/2000 · 180 images/s · 2 min 31 s so far · about 8 min 40 s left
+
+`reusable_run` finds a finished run to copy instead of training (the tour's runs/vae-quick, say).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def terminal_print(config: Any, message: str) -> None:
+    """Print `message` to the terminal past pytest's capture (`config` is pytest's config, or None)."""
+    manager = config.pluginmanager.getplugin("capturemanager") if config is not None else None
+    if manager is None:
+        print(message, file=sys.__stderr__, flush=True)
+        return
+    with manager.global_and_fixture_disabled():
+        print(message, file=sys.__stderr__, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
+
+
+def _last_record(metrics: Path) -> dict | None:
+    try:
+        lines = metrics.read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            return json.loads(line)
+        except ValueError:            # a line being written
+            continue
+    return None
+
+
+@contextlib.contextmanager
+def training_progress(config: Any, name: str, run: Path, steps: int, every: float | None = None) -> Iterator[None]:
+    """While the body trains into `run` (for `steps` steps in all), print `[name] step S/N · images/s ·
+    time so far · time left` every `every` seconds past pytest's capture, and the total at the end."""
+    every = every if every is not None else float(os.environ.get("FACEEDU_TEST_PROGRESS_S", 30))
+    metrics = Path(run) / "metrics.jsonl"
+    start, done = time.monotonic(), threading.Event()
+    first: list[tuple[float, int]] = []          # (time, step) of the first record this session saw
+    lock = threading.Lock()
+
+    def report() -> None:
+        record = _last_record(metrics)
+        now = time.monotonic()
+        if record is None:
+            terminal_print(config, f"[{name}] preparing data and model · {_duration(now - start)} so far")
+            return
+        step = record["step"]
+        if not first:
+            first.append((now, step))
+        line = f"[{name}] step {step}/{steps} · {record.get('images_per_s', float('nan')):,.0f} images/s · " \
+               f"{_duration(now - start)} so far"
+        (t0, s0) = first[0]
+        if step > s0:
+            line += f" · about {_duration((steps - step) * (now - t0) / (step - s0))} left"
+        terminal_print(config, line)
+
+    def watch() -> None:
+        while not done.wait(every):
+            with lock:
+                report()
+
+    terminal_print(config, f"\n[{name}] training {steps} steps into {run} (progress every {every:.0f} s)")
+    thread = threading.Thread(target=watch, name=f"progress-{name}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        with lock:
+            record = _last_record(metrics)
+            reached = f"step {record['step']}/{steps}" if record else "no step logged"
+            terminal_print(config, f"[{name}] {reached} after {_duration(time.monotonic() - start)}")
+
+
+def reusable_run(candidate: Path, matches: Callable[[dict], bool], steps: int) -> Path | None:
+    """`candidate` if it is a finished run (checkpoint at `steps`) whose config.json satisfies `matches`;
+    else None. FACEEDU_TEST_REUSE=0 turns reuse off (a clean clone has nothing to reuse anyway)."""
+    import torch
+
+    if os.environ.get("FACEEDU_TEST_REUSE", "1") == "0":
+        return None
+    candidate = Path(candidate)
+    try:
+        described = json.loads((candidate / "config.json").read_text())
+        if not matches(described):
+            return None
+        state = torch.load(candidate / "checkpoint.pt", map_location="cpu", weights_only=True)
+        return candidate if state.get("step") == steps else None
+    except (OSError, ValueError, KeyError, RuntimeError):
+        return None
+
+
+def summary_of(run: Path) -> dict:
+    """A loop-style summary of a finished run from its metrics.jsonl (for a reused run)."""
+    records = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rates = [r["images_per_s"] for r in records if r.get("images_per_s")]
+    return {"steps": records[-1]["step"] if records else 0, "steps_this_run": 0, "seconds": None,
+            "images_per_s": round(sum(rates) / len(rates), 1) if rates else None, "reused": str(run),
+            "losses": {k: v for k, v in (records[-1] if records else {}).items()
+                       if k not in ("step", "epoch", "images_per_s") and not k.startswith("lr_")}}
