@@ -101,10 +101,12 @@ def lesson_vae(root: Path | str, steps: int, fast: bool = False) -> tuple[FaceVA
     import os
     import tempfile
 
-    from faceedu.grading.course import REPO
+    from faceedu.data.tensors import load_face_tensors
     from faceedu.models.vae import preset
     from faceedu.train.loop import CHECKPOINT, LoopConfig
-    from faceedu.train.vae import default_steps, load_data, load_run, train_vae
+    from faceedu.train.vae import default_steps, load_run, train_vae
+
+    repo = Path(__file__).resolve().parents[1]         # a source checkout (not an installed package)
 
     def finished(run: Path, wanted: int | None) -> bool:
         if not (run / CHECKPOINT).is_file() or not (run / "config.json").is_file():
@@ -119,7 +121,7 @@ def lesson_vae(root: Path | str, steps: int, fast: bool = False) -> tuple[FaceVA
         print(f"Using the VAE in {run} (FACEEDU_VAE_RUN).")
         return load_run(run)[0], run
     config = preset("quick")
-    runs = REPO / "runs" if (REPO / "pyproject.toml").is_file() else Path.home() / ".cache" / "faceedu" / "runs"
+    runs = repo / "runs" if (repo / "pyproject.toml").is_file() else Path.home() / ".cache" / "faceedu" / "runs"
     quick = runs / "vae-quick"
     if not fast and finished(quick, default_steps(config)):
         print(f"Using the VAE that `faceedu train vae` trained in {quick}.")
@@ -129,7 +131,8 @@ def lesson_vae(root: Path | str, steps: int, fast: bool = False) -> tuple[FaceVA
     else:
         run = runs / "vae-lesson03"
     print(f"Training the quick VAE for {steps} steps into {run} (later runs of this notebook reuse it) ...")
-    data = load_data(root, "train", config, limit=256) if fast else None
+    data = load_face_tensors(root, "train", size=config.image_size, masks=config.use_mask, crop=config.crop,
+                             limit=256) if fast else None
     train_vae(config, run, root, steps=steps, preset_name="quick", dataset=data,
               loop=LoopConfig(progress=not fast, log_every=max(1, steps // 50), sample_every=0,
                               checkpoint_every=max(1, steps // 4)))
@@ -178,11 +181,12 @@ class LatentSpace:
         """Load RUN's VAE and encode the split it was trained on (or `root`'s); the latent means are cached
         in RUN/latent/ (a few MB) and recomputed when the checkpoint changes."""
         from faceedu.train.loop import CHECKPOINT
-        from faceedu.train.vae import load_data, load_run
+        from faceedu.data.tensors import load_face_tensors
+        from faceedu.train.vae import load_run, run_data_root
 
         run = Path(run)
         vae, described = load_run(run)
-        root = Path(root) if root is not None else Path(described["data"])
+        root = run_data_root(run, described, root)
         stamp = (run / CHECKPOINT).stat()
         key = {"v": CACHE_VERSION, "checkpoint": [stamp.st_size, int(stamp.st_mtime)], "root": str(root.resolve()),
                "split": split, "limit": limit}
@@ -191,7 +195,8 @@ class LatentSpace:
             saved = torch.load(path, weights_only=True)
             if saved["key"] == json.dumps(key):
                 return cls(vae, saved["mu"].float(), saved["attrs"], saved["names"])
-        data = load_data(root, split, vae.config, limit=limit)
+        data = load_face_tensors(root, split, size=vae.config.image_size, masks=False, crop=vae.config.crop,
+                                 limit=limit)
         space = cls(vae, encode(vae, data.images), data.attr, data.attr_names)
         if cache:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -538,9 +543,9 @@ SPECTRA = ("Eyeglasses", "Smiling", "Blond_Hair", "Black_Hair", "Gray_Hair", "Go
 
 def test_faces(root: Path | str, vae: FaceVAE, limit: int | None = None):
     """The test split at the model's size: (images uint8, labels, names)."""
-    from faceedu.train.vae import load_data
+    from faceedu.data.tensors import load_face_tensors
 
-    data = load_data(root, "test", vae.config, limit=limit)
+    data = load_face_tensors(root, "test", size=vae.config.image_size, masks=False, crop=vae.config.crop, limit=limit)
     return data.images, data.attr, list(data.attr_names)
 
 
@@ -557,7 +562,7 @@ def report(run: Path | str, out: Path | str | None = None, root: Path | str | No
     out = Path(out) if out is not None else run / "latent"
     out.mkdir(parents=True, exist_ok=True)
     space = LatentSpace.from_run(run, root, limit=train_limit)
-    root = Path(root) if root is not None else Path(json.loads((run / "config.json").read_text())["data"])
+    root = run_data_root(run, json.loads((run / "config.json").read_text()), root)
     judge = load_judges(kinds=["attributes"]).require("attributes")
     images, labels, names = test_faces(root, space.vae, limit=test_limit)
     rows = edit_table(space, judge, images, labels, names, scale=scale, faces=faces)

@@ -14,7 +14,8 @@ from torch.utils.data import Dataset
 from faceedu.models.vae import (FaceVAE, PRESETS, VAEConfig, clip_per_parameter, lr_factor, parameter_count, preset,
                                 reparameterise, vae_losses)
 from faceedu.train.loop import CHECKPOINT, LoopConfig, load_checkpoint
-from faceedu.train.vae import VAETask, evaluate_vae, load_data, load_run, train_vae
+from faceedu.data.tensors import load_face_tensors
+from faceedu.train.vae import VAETask, evaluate_vae, load_run, train_vae
 
 POSTER_PARAMETERS = 16_630_564      # the poster's Keras count (BatchNorm moving statistics included)
 QUICK_BAR = {"masked_ssim": 0.80}
@@ -134,7 +135,7 @@ def test_full_preset_trains_one_cpu_step_and_resumes_exactly(tmp_path):
 
 def test_quick_vae_meets_the_quality_bar(trained_vae, synth_root):
     vae, described = load_run(trained_vae["run"])
-    metrics = evaluate_vae(vae, load_data(synth_root, "test", vae.config))
+    metrics = evaluate_vae(vae, load_face_tensors(synth_root, "test", size=vae.config.image_size, crop=vae.config.crop))
     summary = trained_vae["summary"]
     print(f"\n[vae] quick preset on the SynthFaces test split ({metrics['images']} faces): masked SSIM "
           f"{metrics['masked_ssim']:.4f}, SSIM {metrics['ssim']:.4f}, MS-SSIM {metrics['ms_ssim']:.4f}, mask Dice "
@@ -152,10 +153,13 @@ def test_eval_command_writes_the_table_and_the_figures(trained_vae, capsys):
     assert main(["eval", str(run), "--limit", "200"]) == 0
     printed = capsys.readouterr().out
     assert "SSIM in mask" in printed and "mask Dice" in printed
-    metrics = json.loads((run / "eval" / "eval.json").read_text())
+    metrics = json.loads((run / "eval" / "test" / "eval.json").read_text())
     assert metrics["images"] == 200 and metrics["split"] == "test" and metrics["use_mask"]
     for figure in ("reconstructions.png", "loss_curves.png"):
-        assert (run / "eval" / figure).stat().st_size > 5000
+        assert (run / "eval" / "test" / figure).stat().st_size > 5000
+    assert main(["eval", str(run), "--limit", "50", "--split", "train"]) == 0      # its own folder: test's stays
+    assert json.loads((run / "eval" / "train" / "eval.json").read_text())["split"] == "train"
+    assert json.loads((run / "eval" / "test" / "eval.json").read_text())["images"] == 200
 
 
 def test_eval_command_explains_a_folder_that_is_not_a_run(tmp_path):
