@@ -140,11 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     tour.set_defaults(func=_tour)
 
     grade = commands.add_parser("grade", help="run a lesson notebook like the autograder and print your points")
-    grade.add_argument("notebook", type=Path, help="the lesson notebook, e.g. lessons/00_faces_as_data/00_faces_as_data.ipynb")
-    grade.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the report as JSON")
-    grade.add_argument("--timeout", type=float, default=900, metavar="S", help="total time limit (default: %(default)s s)")
-    grade.add_argument("--cell-timeout", type=float, default=None, metavar="S",
-                       help="per-cell limit; a cell over it is interrupted and grading goes on (default: the total)")
+    from faceedu.grading.runner import add_arguments   # standard library only: --help stays instant
+
+    add_arguments(grade)
     grade.set_defaults(func=_grade)
 
     train = commands.add_parser("train", help="train a model on the shared loop (resumable, logged)")
@@ -281,11 +279,31 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--cache", type=Path, default=None, help="where converted weights go (default: ~/.cache/faceedu)")
     weights.add_argument("--out", type=Path, default=Path("docs/assets/features"), help="where `show` writes its PNGs")
     weights.set_defaults(func=_weights)
+    _add_cache_dir(parser)
     return parser
+
+
+def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
+    """--cache-dir on every command that reads a dataset (those with --root, but `data synth`, which writes one)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _add_cache_dir(sub)
+    reads = any("--root" in action.option_strings for action in parser._actions)
+    if reads and not parser.prog.endswith(" synth"):
+        parser.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                            help="where decoded faces are cached (default: $FACEEDU_DATA_CACHE, else "
+                                 "~/.cache/faceedu/data); never inside the dataset")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "cache_dir", None) is not None:
+        import os
+
+        from faceedu.data.tensors import CACHE_ENV
+
+        os.environ[CACHE_ENV] = str(args.cache_dir.expanduser().absolute())
     return args.func(args)
 
 

@@ -240,9 +240,21 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--worker"]:
         _worker(Path(argv[1]), Path(argv[2]), int(argv[3]))
         return 0
-    from faceedu.cli import build_parser  # the flags are defined once, with the other sub-commands
+    parser = argparse.ArgumentParser(prog="python -m faceedu.grading.runner", description="faceedu grade")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
-    return run(build_parser().parse_args(["grade", *argv]))
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `faceedu grade`, defined once here: the command line (cli.py) adds them to its
+    sub-command, and this module's own `main` uses them, without importing the layer above it."""
+    parser.add_argument("notebook", type=Path,
+                        help="the lesson notebook, e.g. lessons/00_faces_as_data/00_faces_as_data.ipynb")
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the report as JSON")
+    parser.add_argument("--timeout", type=float, default=900, metavar="S",
+                        help="total time limit (default: %(default)s s)")
+    parser.add_argument("--cell-timeout", type=float, default=None, metavar="S",
+                        help="per-cell limit; a cell over it is interrupted and grading goes on (default: the total)")
 
 
 def run(args: argparse.Namespace) -> int:
