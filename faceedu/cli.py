@@ -298,13 +298,21 @@ def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "cache_dir", None) is not None:
-        import os
+    if getattr(args, "cache_dir", None) is None:
+        return args.func(args)
+    import os
 
-        from faceedu.data.tensors import CACHE_ENV
+    from faceedu.data.tensors import CACHE_ENV
 
-        os.environ[CACHE_ENV] = str(args.cache_dir.expanduser().absolute())
-    return args.func(args)
+    saved = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(args.cache_dir.expanduser().absolute())   # every data load below reads it
+    try:
+        return args.func(args)
+    finally:                                  # main() called in-process (tests, notebooks) leaves no trace
+        if saved is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = saved
 
 
 if __name__ == "__main__":
