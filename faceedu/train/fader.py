@@ -1,0 +1,456 @@
+"""Training Fader Networks on the shared loop: the Task (one step = the official lat_dis_step then
+autoencoder_step), the data it wants, `train_fader` (which `faceedu train fader`, the tour and the tests
+call), loading a run, and measuring it with the judges."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from faceedu.models import fader as FN
+from faceedu.models.fader import AutoEncoder, FaderConfig, LatentDiscriminator, preset
+from faceedu.train.loop import CHECKPOINT, LoopConfig, train
+
+# The accuracy the latent discriminator reads the attributes with is logged as a moving average over
+# about this many steps (one batch of 32 is too noisy to plot against lambda).
+ACCURACY_WINDOW = 25
+
+
+def hflip(x: torch.Tensor) -> torch.Tensor:
+    """Each image mirrored left-right with probability 1/2 (the official loader's h_flip)."""
+    flip = torch.rand(len(x), device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+class FaderTask:
+    """Two Adams (lr 2e-4, beta1 0.5), gradient norms clipped at 5; per step one discriminator update,
+    then one auto-encoder update with lambda_E(step) (eq. 3)."""
+
+    def __init__(self, config: FaderConfig, attr_index: list[int] | None = None, seed: int = 0):
+        torch.manual_seed(seed)
+        self.config = config
+        self.ae, self.lat_dis = AutoEncoder(config), LatentDiscriminator(config)
+        self.optimizers = FN.make_optimizers(self.ae, self.lat_dis, config)
+        self.schedulers: dict[str, Any] = {}
+        self.attr_index = attr_index            # columns of the data's attributes to train on, in config.attrs order
+        self.accuracy = None                    # moving average of the discriminator's accuracy
+
+    @property
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"ae": self.ae, "lat_dis": self.lat_dis}
+
+    def batch_xy(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        y = batch["attr"] if self.attr_index is None else batch["attr"][:, self.attr_index]
+        return FN.to_model(batch["image"]), y
+
+    def step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor | float]:
+        x, y = self.batch_xy(batch)
+        if self.config.hflip:
+            x = hflip(x)
+        ae, lat_dis = getattr(self.ae, "module", self.ae), getattr(self.lat_dis, "module", self.lat_dis)
+        lam = FN.config_lambda(self.config, step)
+        logs = FN.fader_step(ae, lat_dis, self.optimizers["ae"], self.optimizers["lat_dis"], x, y, lam,
+                             self.config.clip_grad_norm)
+        accuracy = float(logs["lat_dis_acc"])
+        self.accuracy = accuracy if self.accuracy is None else self.accuracy + (accuracy - self.accuracy) / ACCURACY_WINDOW
+        return logs | {"lat_dis_acc": self.accuracy, "lambda": lam}
+
+    def samples(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Rows of 8: originals, reconstructions, then each attribute flipped."""
+        ae = getattr(self.ae, "module", self.ae)
+        x, y = batch["image"][:8], self.batch_xy(batch)[1][:8]
+        rows = [x.float().cpu(), FN.reconstruct(ae, x, y)]
+        for a in range(y.shape[1]):
+            alpha = 2 * y - 1
+            alpha[:, a] = -alpha[:, a]
+            rows.append(FN.edit(ae, x, alpha))
+        return torch.cat(rows)
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+def load_data(root: Path | str, split: str, config: FaderConfig, limit: int | None = None):
+    """The split as in-memory tensors at the model's size (with face masks where the data has them)."""
+    from faceedu.data.tensors import load_face_tensors
+
+    try:
+        return load_face_tensors(root, split=split, size=config.image_size, masks=True, crop=config.crop, limit=limit)
+    except FileNotFoundError:                   # real CelebA without CelebAMask-HQ: no masks, still trainable
+        return load_face_tensors(root, split=split, size=config.image_size, masks=False, crop=config.crop, limit=limit)
+
+
+def attribute_columns(names: list[str], attrs: tuple[str, ...]) -> list[int]:
+    """The data's columns of the attributes to train on; an unknown name is refused with close matches."""
+    import difflib
+
+    missing = [a for a in attrs if a not in names]
+    if missing:
+        hints = [f"{m!r} (did you mean {', '.join(difflib.get_close_matches(m, names, 3)) or 'none'}?)" for m in missing]
+        raise ValueError(f"unknown attribute {', '.join(hints)}; the data has: {', '.join(names)}")
+    return [names.index(a) for a in attrs]
+
+
+def train_fader(config: FaderConfig, run_dir: Path | str, root: Path | str, steps: int | None = None,
+                loop: LoopConfig | None = None, dataset: Any = None, preset_name: str = "custom",
+                seed: int = 0) -> dict:
+    """Train a Fader Network into `run_dir` (resuming if a checkpoint is there) on the train split under
+    `root`; returns the loop's summary. `dataset` overrides the data."""
+    steps = steps if steps is not None else config.steps
+    loop = loop or LoopConfig()
+    loop = LoopConfig(**(asdict(loop) | {"steps": steps, "batch_size": config.batch_size, "seed": seed,
+                                         "bf16": loop.bf16 or config.bf16}))
+    dataset = dataset if dataset is not None else load_data(root, "train", config)
+    columns = attribute_columns(list(dataset.attr_names), config.attrs)
+    describe = {"model": "fader", "preset": preset_name, "data": str(root), "fader": config.to_dict()}
+    return train(FaderTask(config, columns, seed=seed), dataset, run_dir, loop, describe=describe)
+
+
+def load_run(run_dir: Path | str, map_location: str | torch.device = "cpu") -> tuple[AutoEncoder, LatentDiscriminator, dict]:
+    """The trained auto-encoder and latent discriminator of a run folder (eval mode) and its config.json."""
+    run_dir = Path(run_dir)
+    described = json.loads((run_dir / "config.json").read_text())
+    if described.get("model") != "fader":
+        raise ValueError(f"{run_dir} holds a {described.get('model')!r} run, not a Fader Network")
+    config = FaderConfig.from_dict(described["fader"])
+    ae, lat_dis = AutoEncoder(config), LatentDiscriminator(config)
+    state = torch.load(run_dir / CHECKPOINT, map_location=map_location, weights_only=True)
+    ae.load_state_dict(state["modules"]["ae"])
+    lat_dis.load_state_dict(state["modules"]["lat_dis"])
+    return ae.eval(), lat_dis.eval(), described
+
+
+def is_finished(run_dir: Path | str, steps: int | None = None) -> bool:
+    """A run folder whose checkpoint reached its (or the given) number of steps."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CHECKPOINT).is_file() or not (run_dir / "config.json").is_file():
+        return False
+    described = json.loads((run_dir / "config.json").read_text())
+    wanted = steps if steps is not None else described.get("loop", {}).get("steps")
+    state = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
+    return described.get("model") == "fader" and state["step"] >= (wanted or 0)
+
+
+# --- editing with a run (faceedu edit) ----------------------------------------------------------------
+
+TRAINED_RANGE = (-1.0, 1.0)
+
+
+def check_alphas(config: FaderConfig, alphas: dict[str, float]) -> torch.Tensor:
+    """{attribute: alpha} -> (A,) in the run's attribute order (unnamed attributes stay at the value the
+    caller fills in later as NaN). An attribute the run was not trained on is refused by name; an alpha
+    outside the trained range [-1, 1] warns (extrapolation: the paper goes to 2 for glasses and gender)."""
+    alpha = torch.full((len(config.attrs),), float("nan"))
+    for name, value in alphas.items():
+        if name not in config.attrs:
+            raise ValueError(f"this Fader run was trained on {', '.join(config.attrs)}; it cannot change {name!r}. "
+                             f"Train one with `faceedu train fader --attrs {','.join(config.attrs + (name,))}`.")
+        if not TRAINED_RANGE[0] <= value <= TRAINED_RANGE[1]:
+            warnings.warn(f"alpha {value:g} for {name} is outside the trained range [-1, 1] (-1 absent, +1 present): "
+                          "the decoder extrapolates, faces may break up beyond |alpha| = 2.", stacklevel=2)
+        alpha[config.attrs.index(name)] = float(value)
+    return alpha
+
+
+def edit_with_run(ae: AutoEncoder, images: torch.Tensor, y: torch.Tensor | None, alphas: dict[str, float]) -> torch.Tensor:
+    """Faces in [0, 1] with some attributes set to alpha; the others keep their value y (N, A) (0 if unknown)."""
+    alpha = check_alphas(ae.config, alphas)
+    base = 2 * (y if y is not None else torch.zeros(len(images), len(alpha))).float() - 1
+    alpha = torch.where(torch.isnan(alpha), base, alpha.expand_as(base))
+    return FN.edit(ae, images, alpha)
+
+
+# --- measuring a run with the judges ------------------------------------------------------------------
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Spearman's rank correlation of two 1-D sequences (no ties expected in x)."""
+    rx, ry = x.argsort().argsort().double(), y.argsort().argsort().double()
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    return float((rx * ry).sum() / (rx.norm() * ry.norm()).clamp_min(1e-12))
+
+
+@torch.no_grad()
+def judge_probabilities(judge, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    device = next(judge.parameters()).device
+    return torch.cat([torch.sigmoid(judge(images[i:i + batch].to(device)).float()).cpu()
+                      for i in range(0, len(images), batch)])
+
+
+@torch.no_grad()
+def evaluate_fader(ae: AutoEncoder, lat_dis: LatentDiscriminator, data: Any, judges, faces: int = 500,
+                   alphas: tuple[float, ...] = (-2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2)) -> dict:
+    """Everything the lesson's bars measure, on the first `faces` items of `data` (a FaceTensors split):
+
+    - per trained attribute, flipping it (alpha = -1 where present, +1 where absent, the rest at their
+      labels): success = share the attribute judge reads with the new value; kept = share of the judge's
+      other attributes (those it reads reliably on the reconstructions) unchanged vs the reconstruction;
+      identity cosine between reconstruction and edit (identity judge);
+    - the slider: the judge's mean probability of the attribute over alpha, and Spearman's rho against alpha;
+    - reconstruction with the true attributes: SSIM inside the face mask (faceedu.metrics.ssim);
+    - the latent discriminator's accuracy on these faces vs the majority rate, per attribute and mean."""
+    from faceedu import metrics as M
+
+    judge, identity = judges.attributes, judges.identity
+    config = ae.config
+    columns = attribute_columns(list(data.attr_names), config.attrs)
+    x = data.images[:faces].float().div(255) if data.images.dtype == torch.uint8 else data.images[:faces].float()
+    y = data.attr[:faces][:, columns].float()
+    recon = FN.reconstruct(ae, x, y)
+    out: dict[str, Any] = {"faces": len(x), "attrs": list(config.attrs)}
+    if getattr(data, "masks", None) is not None:
+        mask = data.masks[:faces].float()
+        out["masked_ssim"] = float(M.ssim(recon, x, mask=mask).mean())
+    out["ssim"] = float(M.ssim(recon, x).mean())
+    seen = judge.predict(recon)
+    labels = data.attr[:faces].float()
+    names = list(data.attr_names)
+    reliable = [i for i, n in enumerate(judge.attributes)
+                if n in names and float((seen[:, i] == labels[:, names.index(n)]).float().mean()) >= 0.9]
+    out["judge_on_reconstructions"] = {n: float((seen[:, i] == labels[:, names.index(n)]).float().mean())
+                                       for i, n in enumerate(judge.attributes) if n in names}
+    rows = []
+    for a, name in enumerate(config.attrs):
+        alpha = 2 * y - 1
+        alpha[:, a] = -alpha[:, a]
+        edited = FN.edit(ae, x, alpha)
+        after = judge.predict(edited)
+        j = judge.index(name)
+        others = [i for i in reliable if i != j]
+        kept = (after[:, others] == seen[:, others]).float().mean(0)
+        row = {"attribute": name, "success": float((after[:, j] == 1 - y[:, a]).float().mean()),
+               "success_add": float(after[y[:, a] == 0, j].mean()) if (y[:, a] == 0).any() else float("nan"),
+               "success_remove": float(1 - after[y[:, a] == 1, j].mean()) if (y[:, a] == 1).any() else float("nan"),
+               "kept": float(kept.mean()),
+               "kept_worst": judge.attributes[others[int(kept.argmin())]], "kept_min": float(kept.min())}
+        if identity is not None:
+            row["identity_cosine"] = float(identity.similarity(recon, edited).mean())
+        slider = []
+        for value in alphas:
+            alpha = 2 * y - 1
+            alpha[:, a] = value
+            slider.append(float(judge_probabilities(judge, FN.edit(ae, x, alpha))[:, j].mean()))
+        row["slider"] = dict(zip(map(float, alphas), slider))
+        row["spearman"] = spearman(torch.tensor(alphas, dtype=torch.float64), torch.tensor(slider))
+        rows.append(row)
+    out["flips"] = rows
+    out["kept_mean"] = sum(r["kept"] for r in rows) / len(rows)
+    z = torch.cat([ae.encode(FN.to_model(b)) for b in x.split(256)])
+    accuracy = FN.attribute_accuracy(lat_dis.eval()(z), y)
+    majority = torch.maximum(y.mean(0), 1 - y.mean(0))
+    out["lat_dis"] = {"accuracy": float(accuracy.mean()), "majority": float(majority.mean()),
+                      "per_attribute": {n: float(v) for n, v in zip(config.attrs, accuracy)}}
+    out["reconstructions"], out["originals"] = recon, x
+    return out
+
+
+def accuracy_curve(run_dir: Path | str) -> list[dict]:
+    """(step, lambda, lat_dis_acc) rows of a run's metrics.jsonl."""
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [{"step": r["step"], "lambda": r.get("lambda", 0.0), "lat_dis_acc": r["lat_dis_acc"]}
+            for r in rows if "lat_dis_acc" in r]
+
+
+def accuracy_figure(run_dir: Path | str, path: Path | str, majority: float | None = None) -> Path:
+    """The latent discriminator's accuracy against lambda_E and against the step (the lesson's plot)."""
+    import matplotlib.pyplot as plt
+
+    curve = accuracy_curve(run_dir)
+    steps = [r["step"] for r in curve]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    right.plot(steps, [r["lat_dis_acc"] for r in curve], color="C0", label="discriminator accuracy")
+    twin = right.twinx()
+    twin.plot(steps, [r["lambda"] for r in curve], color="C1", label=r"$\lambda_E$")
+    twin.set_ylabel(r"$\lambda_E$", color="C1")
+    right.set_xlabel("step")
+    right.set_ylabel("accuracy (moving average)")
+    left.plot([r["lambda"] for r in curve], [r["lat_dis_acc"] for r in curve], ".-", ms=3)
+    left.set_xlabel(r"$\lambda_E$")
+    left.set_ylabel("latent discriminator accuracy")
+    for ax in (left, right):
+        if majority is not None:
+            ax.axhline(majority, color="grey", ls="--", lw=1, label="majority rate")
+        ax.set_ylim(0.3, 1.02)
+    left.legend(fontsize=7)
+    fig.suptitle("Reading the attributes from the latent, as the adversary's weight rises", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def slider_figure(ae: AutoEncoder, x: torch.Tensor, y: torch.Tensor, path: Path | str,
+                  alphas: tuple[float, ...] = (-2, -1, -0.5, 0, 0.5, 1, 2)) -> Path:
+    """For each attribute, one face per row swept over alpha (the others kept at their labels)."""
+    import matplotlib.pyplot as plt
+
+    names = ae.config.attrs
+    fig, axes = plt.subplots(len(names) * len(x), len(alphas), figsize=(1.1 * len(alphas), 1.15 * len(names) * len(x)),
+                             squeeze=False)
+    for a, name in enumerate(names):
+        for f in range(len(x)):
+            alpha = (2 * y[f:f + 1].float() - 1).repeat(len(alphas), 1)
+            alpha[:, a] = torch.tensor(alphas)
+            images = FN.edit(ae, x[f:f + 1].expand(len(alphas), -1, -1, -1), alpha)
+            row = a * len(x) + f
+            for c, image in enumerate(images):
+                ax = axes[row, c]
+                ax.imshow(image.permute(1, 2, 0).numpy())
+                ax.set_xticks([]), ax.set_yticks([])
+                if row == 0:
+                    ax.set_title(f"α = {alphas[c]:g}", fontsize=7)
+            axes[row, 0].set_ylabel(name.replace("_", " "), fontsize=7)
+    fig.tight_layout(pad=0.2)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def report(run_dir: Path | str, out: Path | str | None = None, root: Path | str | None = None, faces: int = 500,
+           figures: bool = True) -> dict:
+    """`faceedu eval RUN` for a Fader run: evaluate_fader on the test split, the Fréchet distance of the
+    flipped faces in the judge's feature space (with its real-vs-real floor; not FID), eval.json and figures."""
+    from faceedu import metrics as M
+    from faceedu.models.judges import load_judges
+    from faceedu.viz import save_grid
+
+    run_dir = Path(run_dir)
+    ae, lat_dis, described = load_run(run_dir)
+    root = Path(root) if root is not None else Path(described["data"])
+    out = Path(out) if out is not None else run_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_data(root, "test", ae.config, limit=max(faces, 1000))
+    judges = load_judges(kinds=["attributes", "identity"])
+    result = evaluate_fader(ae, lat_dis, data, judges, faces=faces)
+    x, recon = result.pop("originals"), result.pop("reconstructions")
+    y = data.attr[:faces][:, attribute_columns(list(data.attr_names), ae.config.attrs)]
+    flipped = FN.edit(ae, x, 1 - 2 * y.float())       # every attribute flipped at once
+    real = data.images[:1000].float().div(255)
+    result["frechet"] = {"reconstructions": M.generation_report(judges.attributes, real, recon),
+                         "all_flipped": M.generation_report(judges.attributes, real, flipped)}
+    result |= {"run": str(run_dir), "preset": described.get("preset"), "steps": described.get("loop", {}).get("steps")}
+    (out / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
+    if figures:
+        slider_figure(ae, x[:2], y[:2], out / "sliders.png")
+        accuracy_figure(run_dir, out / "lat_dis_accuracy.png", result["lat_dis"]["majority"])
+        rows = [x[:8], recon[:8]]
+        for a in range(len(ae.config.attrs)):
+            alpha = 2 * y[:8].float() - 1
+            alpha[:, a] = -alpha[:, a]
+            rows.append(FN.edit(ae, x[:8], alpha))
+        save_grid(torch.cat(rows), out / "flips.png")
+    return result
+
+
+def format_report(result: dict) -> str:
+    lines = [f"{'attribute':<12} {'success':>8} {'kept':>6} {'least kept':>22} {'identity':>9} {'spearman':>9}"]
+    for r in result["flips"]:
+        lines.append(f"{r['attribute']:<12} {r['success']:>8.1%} {r['kept']:>6.1%} "
+                     f"{r['kept_worst'] + ' ' + format(r['kept_min'], '.0%'):>22} "
+                     f"{r.get('identity_cosine', float('nan')):>9.3f} {r['spearman']:>9.3f}")
+    d = result["lat_dis"]
+    lines.append(f"reconstruction SSIM in the face mask {result.get('masked_ssim', float('nan')):.3f} "
+                 f"(whole image {result['ssim']:.3f})")
+    lines.append(f"latent discriminator accuracy {d['accuracy']:.1%} (majority rate {d['majority']:.1%})")
+    if "frechet" in result:
+        for k, v in result["frechet"].items():
+            lines.append(f"Fréchet distance (judge features, not FID) of {k}: {v['frechet']:.2f} "
+                         f"(real-vs-real floor {v['frechet_floor']:.2f})")
+    return "\n".join(lines)
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+
+def command_train(args) -> int:
+    """`faceedu train fader`: a preset, flags overriding its fields; resumes if --run holds a checkpoint."""
+    overrides: dict[str, Any] = {"lr": args.lr, "batch_size": args.batch_size}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.attrs:
+        overrides["attrs"] = tuple(a.strip() for a in args.attrs.split(",") if a.strip())
+    if args.data == "celeba" and args.preset == "quick":
+        overrides.setdefault("crop", "center")
+    config = preset(args.preset, **overrides)
+    root = args.root
+    if args.data == "synth":
+        from faceedu.data.synthfaces import ensure
+
+        root = ensure(root, verbose=True)
+    run = args.run or Path("runs") / f"fader-{args.preset}"
+    loop = LoopConfig(device=args.device, bf16=args.bf16, progress=not args.no_progress,
+                      sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+    try:
+        summary = train_fader(config, run, root, steps=args.steps, loop=loop, preset_name=args.preset, seed=args.seed)
+    except ValueError as error:
+        raise SystemExit(f"faceedu train fader: {error}") from None
+    print(f"Next: faceedu eval {run}   or   faceedu edit {run} --image FACE.jpg --attr {config.attrs[0]} --alpha 1")
+    return 0 if summary else 1
+
+
+def command_eval(run_dir: Path, args) -> int:
+    result = report(run_dir, root=getattr(args, "run_root", None), faces=getattr(args, "limit", None) or 500)
+    print(f"{run_dir} ({result['preset']}, {result['faces']} test faces)")
+    print(format_report(result))
+    print(f"Wrote {run_dir / 'eval'}/eval.json, sliders.png, flips.png, lat_dis_accuracy.png")
+    return 0
+
+
+def command_edit(args) -> int:
+    """`faceedu edit RUN --image PATH --attr NAME --alpha A [...]` for a Fader run: the named attributes set
+    to alpha (+1 present, -1 absent), the others at the values `--attrs-of` the image gives (default: absent)."""
+    from faceedu.editing import _read_face
+    from faceedu.viz import save_grid
+
+    ae, _, _ = load_run(args.run)
+    values = args.alpha if args.alpha is not None else args.scale
+    values = values or [1.0]
+    if len(values) not in (1, len(args.attr)):
+        raise SystemExit(f"faceedu edit: give one --alpha for all attributes or one per --attr "
+                         f"({len(args.attr)} attributes, {len(values)} alphas).")
+    alphas = dict(zip(args.attr, values * len(args.attr) if len(values) == 1 else values))
+    try:
+        FN_alpha = check_alphas(ae.config, alphas)
+    except ValueError as error:
+        raise SystemExit(f"faceedu edit: {error}") from None
+
+    class _Size:                                 # _read_face wants .config.image_size and .config.crop
+        config = ae.config
+
+    x = _read_face(Path(args.image), _Size)
+    from faceedu.models.judges import load_judges
+
+    judge = load_judges(kinds=["attributes"]).attributes
+    if judge is not None and all(a in judge.attributes for a in ae.config.attrs):
+        y = judge.predict(x)[:, [judge.index(a) for a in ae.config.attrs]]  # the others as the judge sees them
+    else:
+        y = torch.zeros(1, len(ae.config.attrs))
+    alpha = torch.where(torch.isnan(FN_alpha), 2 * y[0] - 1, FN_alpha)
+    edited = FN.edit(ae, x, alpha[None])
+    images = torch.cat([x, FN.reconstruct(ae, x, y), edited]) if args.compare else edited
+    save_grid(images, Path(args.out), columns=len(images))
+    what = ", ".join(f"{n} alpha {s:+g}" for n, s in alphas.items())
+    print(f"Wrote {args.out} ({'input | reconstruction | ' if args.compare else ''}{what}).")
+    return 0
+
+
+def bench_tasks(preset_name: str = "quick") -> dict[str, tuple[FaderTask, dict]]:
+    """For `faceedu bench`: the Fader Task at a preset and one synthetic batch."""
+    config = preset(preset_name)
+    g = torch.Generator().manual_seed(0)
+    size = config.image_size
+    batch = {"image": torch.rand(config.batch_size, 3, size, size, generator=g),
+             "attr": (torch.rand(config.batch_size, len(config.attrs), generator=g) > 0.5).float()}
+    return {"fader": (FaderTask(config), batch)}
+
+
+__all__ = ["FaderTask", "train_fader", "load_run", "load_data", "evaluate_fader", "report", "format_report",
+           "check_alphas", "edit_with_run", "accuracy_figure", "slider_figure", "is_finished", "spearman"]
