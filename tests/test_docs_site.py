@@ -115,7 +115,7 @@ def _ids(site: Path, path: str) -> set[str]:
 
 def test_every_page_in_headless_chromium(site, server):
     if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is missing: `make setup` installs it (apt-get install -y chromium)")
+        pytest.fail("Debian's chromium is missing: `make browser` installs it as root (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     shots = ARTIFACTS / "site"

@@ -7,13 +7,24 @@ checks' docstrings. The reference run is the solution notebook executed by nbcli
 allow_errors=False: a lesson that fails cannot produce a page. Pages go to docs/lessons/NN.ipynb and
 selected figures to docs/generated/ (both build outputs, git-ignored); `mkdocs build` then renders them
 with mkdocs-jupyter (execute: false, allow_errors: false).
+
+Reference runs are cached by content in outputs/executed/ (the key: the solution notebook, the faceedu
+sources, the data and fast mode), so a rebuild re-executes only the lessons that changed; lesson 03 reuses
+the tour's runs/vae-quick. While a lesson runs, its cell and training progress are printed. No cell has a
+time limit unless `--cell-timeout S` sets one.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import html
 import importlib
 import inspect
+import re
+import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,18 +32,107 @@ from typing import Any
 from faceedu.grading.course import LESSONS, REPO, Lesson, data_root, fast_mode
 
 DOCS = REPO / "docs"
+CACHE = REPO / "outputs" / "executed"
 WIDGET_NOTE = "[An interactive widget appears here when you run the notebook in JupyterLab.]\n"
+_TQDM = re.compile(r"\d+/\d+ \[[^\]]*\]")            # "450/1200 [02:01<03:22, 3.71step/s, img/s=119]"
 
 
-def execute(path: Path, timeout: int = 900) -> Any:
-    """Run a notebook top to bottom (the reference run); any error stops the build."""
+class ReferenceRunFailed(RuntimeError):
+    """A lesson's reference run stopped: an error in a cell, or a cell over the --cell-timeout limit."""
+
+
+def execute(path: Path, timeout: float | None = None, progress: float | None = 30.0) -> Any:
+    """Run a notebook top to bottom (the reference run); any error stops the build. `timeout`: seconds
+    per cell (None: no limit). `progress`: every so many seconds, print which cell runs and the
+    latest training progress bar it shows (None: quiet)."""
     import nbformat
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=False,
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    code = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"]
+    state = {"cell": None, "since": time.monotonic(), "bar": ""}
+    start = time.monotonic()
+
+    def say(line: str) -> None:
+        if progress is not None:
+            print(f"  [{path.stem}] {line}", flush=True)
+
+    class Client(NotebookClient):
+        def handle_comm_msg(self, outs, msg, cell_index):        # tqdm's notebook bar is a widget
+            value = msg["content"].get("data", {}).get("state", {}).get("value")
+            if isinstance(value, str) and (found := _TQDM.search(re.sub(r"\s+", " ", html.unescape(value)))):
+                state["bar"] = found.group(0)
+            return super().handle_comm_msg(outs, msg, cell_index)
+
+    def cell_started(cell, cell_index, **_):
+        state.update(cell=cell_index, since=time.monotonic(), bar="")
+
+    done = threading.Event()
+
+    def heartbeat() -> None:
+        while not done.wait(progress):
+            if state["cell"] is not None:
+                bar = f" · {state['bar']}" if state["bar"] else ""
+                say(f"cell {code.index(state['cell']) + 1}/{len(code)} running for "
+                    f"{time.monotonic() - state['since']:.0f} s{bar} ({time.monotonic() - start:.0f} s in all)")
+
+    client = Client(nb, timeout=None if timeout is None else max(1, round(timeout)), kernel_name="python3", allow_errors=False, on_cell_start=cell_started,
+                    resources={"metadata": {"path": str(path.parent)}})
+    watcher = threading.Thread(target=heartbeat, daemon=True)
+    if progress is not None:
+        watcher.start()
+    # the kernel process's own stderr (transport warnings; a zmq traceback when a stopped kernel is killed)
+    log = Path(tempfile.gettempdir()) / f"faceedu-{path.stem}-kernel.log"
+    try:
+        with log.open("w") as kernel_stderr:
+            client.execute(stderr=kernel_stderr)
+    except CellTimeoutError as err:
+        raise ReferenceRunFailed(
+            f"{path.stem}: code cell {code.index(state['cell']) + 1}/{len(code)} ran longer than the "
+            f"{timeout:g} s per-cell limit; raise it (`make docs CELL_TIMEOUT=S`, 0 for none)") from err
+    except CellExecutionError as err:
+        raise ReferenceRunFailed(f"{path.stem}: the reference run failed:\n{err}") from err
+    finally:
+        done.set()
     return nb
+
+
+def cache_key(path: Path) -> str:
+    """What a reference run's outputs depend on: the notebook, faceedu's sources, the data, fast mode."""
+    from faceedu.data.synthfaces import dataset_fingerprint
+
+    digest = hashlib.sha256(path.read_bytes())
+    package = REPO / "faceedu"
+    for source in sorted(package.rglob("*.py")):
+        digest.update(str(source.relative_to(package)).encode() + source.read_bytes())
+    digest.update(f"{dataset_fingerprint(data_root())}|{data_root()}|fast={fast_mode()}".encode())
+    return digest.hexdigest()[:16]
+
+
+def reference_run(lesson: Lesson, timeout: float | None = None, cache: Path | None = CACHE,
+                  progress: float | None = 30.0, source: Path | None = None) -> Any:
+    """The executed solution notebook of `lesson` (or `source`): from the cache when its content has not
+    changed, else executed (with progress) and cached."""
+    import nbformat
+
+    source = source or REPO / "solutions" / lesson.slug / f"{lesson.slug}.ipynb"
+    if cache is not None:
+        hit = cache / f"{lesson.slug}-{cache_key(source)}.ipynb"
+        if hit.is_file():
+            print(f"reference run of {lesson.slug}: reused {hit.relative_to(REPO) if hit.is_relative_to(REPO) else hit}")
+            return nbformat.read(hit, as_version=4)
+    print(f"reference run of {lesson.slug}: executing {source.name} "
+          f"(per-cell limit: {f'{timeout:g} s' if timeout else 'none'})", flush=True)
+    start = time.monotonic()
+    executed = execute(source, timeout, progress)
+    print(f"reference run of {lesson.slug}: {time.monotonic() - start:.1f} s", flush=True)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        for stale in cache.glob(f"{lesson.slug}-*.ipynb"):
+            stale.unlink()
+        nbformat.write(executed, cache / f"{lesson.slug}-{cache_key(source)}.ipynb")  # the key after the run
+    return executed
 
 
 def autograder_section(lesson: Lesson, release: Any) -> str:
@@ -114,9 +214,10 @@ def figures(lesson: Lesson, executed: Any, out: Path) -> list[Path]:
     return saved
 
 
-def build(executed_dir: Path | None = None, docs: Path = DOCS) -> list[Path]:
-    """Write every ready lesson's page and figures; execute the solutions unless `executed_dir` already
-    holds executed copies (the tests pass theirs). Returns the files written."""
+def build(executed_dir: Path | None = None, docs: Path = DOCS, cell_timeout: float | None = None,
+          cache: Path | None = CACHE, progress: float | None = 30.0) -> list[Path]:
+    """Write every ready lesson's page and figures; execute the solutions (or take them from the cache)
+    unless `executed_dir` already holds executed copies (the tests pass theirs). Returns the files written."""
     import nbformat
 
     (docs / "lessons").mkdir(parents=True, exist_ok=True)
@@ -129,9 +230,7 @@ def build(executed_dir: Path | None = None, docs: Path = DOCS) -> list[Path]:
         if cached and cached.is_file():
             executed = nbformat.read(cached, as_version=4)
         else:
-            start = time.monotonic()
-            executed = execute(REPO / "solutions" / lesson.slug / f"{lesson.slug}.ipynb")
-            print(f"reference run of {lesson.slug}: {time.monotonic() - start:.1f} s")
+            executed = reference_run(lesson, cell_timeout, cache, progress)
         page = docs / "lessons" / f"{lesson.slug}.ipynb"
         nbformat.write(lesson_page(lesson, executed), page)
         written += [page, *figures(lesson, executed, docs / "generated")]
@@ -142,8 +241,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m faceedu.grading.site", description=__doc__.splitlines()[0])
     parser.add_argument("--executed", type=Path, default=None,
                         help="folder of already executed solution notebooks (NN_name.ipynb) to use")
+    parser.add_argument("--cell-timeout", type=float, default=0,
+                        help="seconds any one cell of a reference run may take; 0: no limit (progress is printed)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help=f"execute every lesson afresh instead of reusing {CACHE.relative_to(REPO)}/")
+    parser.add_argument("--progress", type=float, default=30, help="seconds between progress lines; 0: quiet")
     args = parser.parse_args(argv)
-    for path in build(args.executed):
+    try:
+        written = build(args.executed, cell_timeout=args.cell_timeout or None, cache=None if args.no_cache else CACHE,
+                        progress=args.progress or None)
+    except ReferenceRunFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for path in written:
         print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
     return 0
 
