@@ -61,13 +61,33 @@ def _eval_run(args: argparse.Namespace) -> int:
     args.run_root = None if args.root == DEFAULT_SYNTH_ROOT else args.root   # default: the run's own data
     if model == "vae":
         from faceedu.train.vae import command_eval
+    elif model == "cgan":
+        from faceedu.train.cgan import command_eval
+    else:
+        raise SystemExit(f"faceedu eval: {run} holds a {model!r} run; runs that can be evaluated: vae, cgan")
+    status = command_eval(run, args)
+    if status == 0 and (args.json or args.markdown):
+        _eval_reports(run, args)
+    return status
 
-        return command_eval(run, args)
-    if model == "cgan":
-        from faceedu.train.cgan import command_eval as cgan_eval
 
-        return cgan_eval(run, args)
-    raise SystemExit(f"faceedu eval: {run} holds a {model!r} run; runs that can be evaluated: vae, cgan")
+def _eval_reports(run: Path, args: argparse.Namespace) -> None:
+    """--json / --markdown for a run: the figures of the eval.json the evaluation just wrote under RUN/eval/."""
+    import json
+
+    written = max(run.glob("eval/**/eval.json"), key=lambda p: p.stat().st_mtime)
+    metrics = json.loads(written.read_text())
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(metrics, indent=2) + "\n")
+        print(f"Wrote {args.json}")
+    if args.markdown:
+        rows = [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+                for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(f"Evaluation of `{run}` ({metrics.get('split', 'test')} split)\n\n"
+                                 "| figure | value |\n|---|---|\n" + "\n".join(rows) + "\n")
+        print(f"Wrote {args.markdown}")
 
 
 def _train_vae(args: argparse.Namespace) -> int:
@@ -124,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="generate or inspect datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
-    synth = data_commands.add_parser("synth", help="generate SynthFaces in the CelebA/CelebAMask-HQ/JAFFE layouts")
-    synth.add_argument("--root", type=Path, default=DEFAULT_SYNTH_ROOT, help="output folder (default: %(default)s)")
+    synth = data_commands.add_parser("synth", help="generate SynthFaces in the CelebA/CelebAMask-HQ/JAFFE layouts",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    synth.add_argument("--root", type=Path, default=DEFAULT_SYNTH_ROOT, help="output folder")
     synth.add_argument("--n", type=int, default=SynthConfig.n, help="number of CelebA-layout faces")
     synth.add_argument("--size", type=int, default=SynthConfig.size, help="image side in pixels")
     synth.add_argument("--seed", type=int, default=SynthConfig.seed, help="same seed, same bytes")
@@ -133,8 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(func=_data_synth)
 
     tour = commands.add_parser("tour", help="the course tour on SynthFaces (generates it if missing)")
-    tour.add_argument("--root", type=Path, default=DEFAULT_SYNTH_ROOT)
-    tour.add_argument("--out", type=Path, default=Path("outputs/tour"))
+    tour.add_argument("--root", type=Path, default=DEFAULT_SYNTH_ROOT,
+                      help="SynthFaces folder, generated there if missing or stale (default: %(default)s)")
+    tour.add_argument("--out", type=Path, default=Path("outputs/tour"),
+                      help="where the figures and summary.txt/.json go (default: %(default)s)")
     tour.add_argument("--vae-run", type=Path, default=Path("runs/vae-quick"),
                       help="the quick VAE's run folder: trained there unless finished (default: %(default)s)")
     tour.set_defaults(func=_tour)
@@ -212,8 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=["train", "valid", "test"], default="test", help="a run's split")
     evaluate.add_argument("--limit", type=int, default=None, help="a run: evaluate the first N images only")
     evaluate.add_argument("--weights", type=Path, default=None, help="judge weights folder (default: shipped)")
-    evaluate.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the figures as JSON")
-    evaluate.add_argument("--markdown", type=Path, default=None, metavar="FILE", help="also write them as markdown tables")
+    evaluate.add_argument("--json", type=Path, default=None, metavar="FILE",
+                          help="also write the figures to FILE as JSON (judges or a run)")
+    evaluate.add_argument("--markdown", type=Path, default=None, metavar="FILE",
+                          help="also write them to FILE as a markdown table (judges or a run)")
     evaluate.set_defaults(func=_eval)
 
     ablate = commands.add_parser("ablate", help="the papers' ablation studies")
@@ -297,7 +322,12 @@ def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:                                          # `faceedu` alone: the help, not an error
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
     if getattr(args, "cache_dir", None) is None:
         return args.func(args)
     import os

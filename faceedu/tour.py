@@ -90,7 +90,8 @@ def step_vae(tour: Tour) -> None:
     from faceedu.train.vae import eval_run, train_vae
 
     run = tour.vae_run
-    summary = train_vae(preset("quick"), run, tour.root, loop=LoopConfig(progress=False), preset_name="quick")
+    # the progress bar (steps, images/s, time left) shows while the longest step of the tour runs
+    summary = train_vae(preset("quick"), run, tour.root, loop=LoopConfig(progress=True), preset_name="quick")
     if summary["steps_this_run"]:
         tour.say(f"trained the quick VAE in {summary['seconds']:.0f} s ({summary['images_per_s']:,.0f} images/s): {run}")
     else:

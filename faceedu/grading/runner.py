@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,8 +76,11 @@ class Report:
                  f"{'exercise':<{width}}  {'result':<8}  {'points':>9}  first line of the failure"]
         for e in self.exercises:
             points = f"- / {e.points:g}" if e.kind == "manual" else f"{e.score:g} / {e.points:g}"
-            message = e.message if len(e.message) <= 110 else e.message[:107] + "..."
-            lines.append(f"{e.name:<{width}}  {e.status:<8}  {points:>9}  {message}".rstrip())
+            row = f"{e.name:<{width}}  {e.status:<8}  {points:>9}  "
+            # long messages wrap under their column, whole: the hint that tells what to fix is at the end
+            message = textwrap.wrap(e.message, width=max(50, 110 - len(row)), break_on_hyphens=False) or [""]
+            lines.append((row + message[0]).rstrip())
+            lines.extend(" " * len(row) + more for more in message[1:])
         lines.append("")
         lines.append(f"autograded score: {self.score:g} / {self.max_score:g}"
                      + (f"  (+ {self.manual_points:g} points graded by hand)" if self.manual_points else ""))
