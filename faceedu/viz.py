@@ -61,16 +61,17 @@ def contact_sheet(images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray]
 def correlation_heatmap(matrix: np.ndarray, names: Sequence[str], path: Path | str, title: str) -> Path:
     """A labelled heat map of a square correlation matrix in [-1, 1], values printed in the cells."""
     n = len(names)
-    fig, ax = plt.subplots(figsize=(0.42 * n + 2, 0.42 * n + 1.5))
+    fig, ax = plt.subplots(figsize=(0.5 * n + 2.5, 0.5 * n + 2))       # cells large enough for readable numbers
     im = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
-    ax.set_xticks(range(n), names, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), names, fontsize=7)
+    ax.set_xticks(range(n), names, rotation=90, fontsize=10)
+    ax.set_yticks(range(n), names, fontsize=10)
     for i in range(n):
         for j in range(n):
             if i != j and abs(matrix[i, j]) >= 0.1:
-                ax.text(j, i, f"{matrix[i, j]:.1f}".replace("0.", "."), ha="center", va="center", fontsize=5.5)
+                ax.text(j, i, f"{matrix[i, j]:+.1f}".replace("0.", "."), ha="center", va="center", fontsize=8.5,
+                        color="white" if abs(matrix[i, j]) > 0.5 else "black")
     fig.colorbar(im, ax=ax, shrink=0.7, label="phi coefficient")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=13)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
