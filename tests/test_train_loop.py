@@ -90,3 +90,46 @@ def test_a_damaged_checkpoint_is_explained(tmp_path):
 def test_too_little_data_is_explained(tmp_path):
     with pytest.raises(ValueError, match="fewer than one batch"):
         train(TinyAutoencoder(), TensorDataset(torch.zeros(3, 3, 2, 2)), tmp_path, quiet(steps=2))
+
+
+class TinyFaceTask(TinyAutoencoder):
+    """TinyAutoencoder on FaceTensors batches (dicts), recording which faces each step saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.Dropout(0.3), nn.Linear(6, 12))
+        self.optimizers = {"net": torch.optim.Adam(self.net.parameters(), lr=1e-2)}
+        self.schedulers = {}
+        self.seen = []
+
+    def step(self, batch, step):
+        self.seen.append(batch["identity"].tolist())
+        return super().step((batch["image"],), step)
+
+    def samples(self, batch):
+        return super().samples((batch["image"],))
+
+
+def face_tensors():
+    from faceedu.data.tensors import FaceTensors
+
+    g = torch.Generator().manual_seed(2)
+    images = torch.randint(0, 256, (50, 3, 2, 2), dtype=torch.uint8, generator=g)
+    return FaceTensors(images, torch.randint(0, 2, (50, 4), generator=g), ["A", "B", "C", "D"], torch.arange(50))
+
+
+def test_tensor_datasets_train_from_the_device_with_the_same_batches_and_an_exact_resume(tmp_path):
+    """FaceTensors are gathered batch by batch where they live (data_on_device): the same faces in the same
+    order as the DataLoader path, the same weights, and resuming mid-epoch stays exact."""
+    loader, gathered = TinyFaceTask(), TinyFaceTask()
+    train(loader, face_tensors(), tmp_path / "loader", quiet(steps=14, data_on_device=False))
+    train(gathered, face_tensors(), tmp_path / "gathered", quiet(steps=14))
+    assert gathered.seen == loader.seen and len(gathered.seen) == 14
+    for a, b in zip(loader.net.state_dict().values(), gathered.net.state_dict().values()):
+        assert torch.equal(a, b)
+    train(TinyFaceTask(), face_tensors(), tmp_path / "resumed", quiet(steps=9))
+    resumed = TinyFaceTask()
+    train(resumed, face_tensors(), tmp_path / "resumed", quiet(steps=14))
+    assert resumed.seen == gathered.seen[9:]
+    for a, b in zip(gathered.net.state_dict().values(), resumed.net.state_dict().values()):
+        assert torch.equal(a, b)

@@ -326,10 +326,16 @@ def lr_factor(config: VAEConfig, step: int) -> float:
 
 def clip_per_parameter(parameters, max_norm: float) -> None:
     """Keras' clipnorm: each parameter's gradient is rescaled to norm <= max_norm on its own (unlike
-    torch.nn.utils.clip_grad_norm_, which clips the norm of all gradients together)."""
+    torch.nn.utils.clip_grad_norm_, which clips the norm of all gradients together). All gradients at once
+    with torch's multi-tensor (foreach) kernels: a handful of launches instead of two per parameter."""
     if max_norm <= 0:
         return
-    for p in parameters:
-        if p.grad is not None:
-            norm = p.grad.norm()
-            p.grad.mul_((max_norm / (norm + 1e-12)).clamp(max=1.0))
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    norms = torch._foreach_norm(grads)
+    torch._foreach_add_(norms, 1e-12)
+    scales = torch._foreach_reciprocal(norms)
+    torch._foreach_mul_(scales, max_norm)
+    torch._foreach_clamp_max_(scales, 1.0)
+    torch._foreach_mul_(grads, scales)

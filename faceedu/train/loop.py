@@ -38,6 +38,8 @@ class LoopConfig:
     sample_every: int = 250       # 0: never
     checkpoint_every: int = 250   # also at the end
     num_workers: int = 0          # DataLoader workers; 0 keeps resume bit-exact on CPU
+    data_on_device: bool = True   # in-memory tensor datasets (FaceTensors): moved to the device once, whole
+                                  # batches gathered there (no per-item collation, no host-to-device copies)
     progress: bool = True
 
 
@@ -126,6 +128,20 @@ def _batches(loader: DataLoader, sampler: ResumableSampler, position: dict) -> I
         position["offset"] = 0
 
 
+def _gathered(dataset: Any, sampler: ResumableSampler, position: dict, batch: int,
+              device: torch.device) -> Iterator[Any]:
+    """The batches `_batches` would give (same order, same resume position, last partial batch dropped),
+    gathered in one indexing operation each from a dataset whose tensors already live on `device`."""
+    while True:
+        sampler.epoch, sampler.start = position["epoch"], position["offset"]
+        order = torch.tensor(list(sampler), dtype=torch.long, device=device)
+        for i in range(0, len(order) - batch + 1, batch):
+            position["offset"] += batch
+            yield dataset.gather(order[i:i + batch])
+        position["epoch"] += 1
+        position["offset"] = 0
+
+
 def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -200,15 +216,25 @@ def load_checkpoint(task: Task, path: Path, map_location: torch.device | str = "
 
 # --- the loop ------------------------------------------------------------------------------------------
 
-def _finite_losses(losses: dict[str, torch.Tensor | float], step: int, checkpoint: Path) -> dict[str, float]:
-    values = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in losses.items()}
-    bad = [k for k, v in values.items() if not math.isfinite(v)]
+def _finite_losses(losses: dict[str, torch.Tensor | float], step: int, checkpoint: Path, every: int,
+                   world: int) -> dict[str, float]:
+    """The step's losses as floats (averaged over the ranks under DDP), or TrainingDiverged if one is not
+    finite. Called only every `every` steps and before each checkpoint: reading a loss waits for the GPU,
+    so doing it every step would stall the pipeline of queued kernels."""
+    names = list(losses)
+    values = torch.stack([torch.as_tensor(losses[k], dtype=torch.float32).detach().reshape(()).cpu() for k in names])
+    if world > 1:
+        torch.distributed.all_reduce(values)
+        values /= world
+    result = dict(zip(names, values.tolist()))
+    bad = [k for k, v in result.items() if not math.isfinite(v)]
     if bad:
         kept = f"the last good checkpoint is kept at {checkpoint}" if checkpoint.exists() else "no checkpoint was written yet"
+        checked = f" (losses are checked every {every} steps)" if every > 1 else ""
         raise TrainingDiverged(
-            f"Loss {', '.join(repr(k) for k in bad)} became {values[bad[0]]} at step {step}; training stopped and "
-            f"{kept}. Try a lower learning rate, gradient clipping, or check the data for broken images.")
-    return values
+            f"Loss {', '.join(repr(k) for k in bad)} became {result[bad[0]]} at step {step}{checked}; training "
+            f"stopped and {kept}. Try a lower learning rate, gradient clipping, or check the data for broken images.")
+    return result
 
 
 def _distributed() -> tuple[int, int]:
@@ -262,10 +288,13 @@ def train(task: Task, dataset: Dataset, run_dir: Path | str, config: LoopConfig,
                 setattr(task, name, nn.parallel.DistributedDataParallel(module))
 
     sampler = ResumableSampler(len(dataset), config.seed, rank, world)
-    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=config.num_workers, pin_memory=device.type == "cuda",
-                        generator=torch.Generator().manual_seed(config.seed))  # keeps the global RNG untouched
-    batches = _batches(loader, sampler, position)
+    if config.data_on_device and hasattr(dataset, "gather"):
+        batches = _gathered(dataset.to(device), sampler, position, config.batch_size, device)
+    else:
+        loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True,
+                            num_workers=config.num_workers, pin_memory=device.type == "cuda",
+                            generator=torch.Generator().manual_seed(config.seed))  # keeps the global RNG untouched
+        batches = (to_device(batch, device) for batch in _batches(loader, sampler, position))
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16 and native_bf16(device))
 
     metrics = (run_dir / METRICS).open("a") if main_process else None
@@ -276,13 +305,17 @@ def train(task: Task, dataset: Dataset, run_dir: Path | str, config: LoopConfig,
     for step in range(start_step + 1, config.steps + 1):
         for module in task.modules.values():
             module.train()
-        batch = to_device(next(batches), device)
+        batch = next(batches)
         with autocast:
-            losses = _finite_losses(task.step(batch, step), step, checkpoint)
+            step_losses = task.step(batch, step)
         for scheduler in task.schedulers.values():
             scheduler.step()
         window_images += config.batch_size * world
-        if step % config.log_every == 0 or step == config.steps:
+        saving = step % config.checkpoint_every == 0 or step == config.steps
+        logging = step % config.log_every == 0 or step == config.steps
+        if logging or saving:
+            losses = _finite_losses(step_losses, step, checkpoint, config.log_every, world)
+        if logging:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             elapsed = time.perf_counter() - window_start
@@ -300,7 +333,7 @@ def train(task: Task, dataset: Dataset, run_dir: Path | str, config: LoopConfig,
                 module.eval()
             with torch.no_grad(), autocast:
                 save_grid(task.samples(preview).float(), run_dir / "samples" / f"step_{step:06d}.png")
-        if main_process and (step % config.checkpoint_every == 0 or step == config.steps):
+        if main_process and saving:
             save_checkpoint(task, checkpoint, step, position)
             plot_loss_curves(run_dir / METRICS, run_dir / "loss_curves.png")
     bar.close()
