@@ -83,7 +83,7 @@ def step_statistics(tour: Tour) -> None:
 
 def step_vae(tour: Tour) -> None:
     """Lessons 01-02: the quick face VAE with its mask decoder (Toledo & Antonelo), trained into
-    tour.vae_run as `faceedu train vae` does (about 9 minutes on 2 CPU cores; a finished run is reused,
+    tour.vae_run as `faceedu train vae` does (8-10 minutes on 2 idle CPU cores; a finished run is reused,
     an interrupted one resumes), then measured on 1,000 test faces."""
     from faceedu.models.vae import preset
     from faceedu.train.loop import LoopConfig
