@@ -42,9 +42,10 @@ LESSONS: tuple[Lesson, ...] = (
     Lesson(3, "03_latent_arithmetic", "Latent arithmetic",
            "attribute vectors, spectra, entanglement, sliders that add glasses or a beard",
            "Toledo & Antonelo 2021; White 2016; Shen et al. 2020", status="ready"),
-    Lesson(4, "04_conditional_gan", "Conditional GANs",
-           "a DCGAN conditioned on attributes; training dynamics and failure modes",
-           "Radford et al. 2016; Fedotova et al. 2018"),
+    Lesson(4, "04_cgan", "The conditional GAN",
+           "a DCGAN conditioned on face attributes: label maps, non-saturating loss, the alternating step, "
+           "judged attributes, diversity and mode collapse",
+           "Mirza & Osindero 2014; Radford et al. 2016; Fedotova et al. 2018; Miyato & Koyama 2018", status="ready"),
     Lesson(5, "05_fader_networks", "Fader networks",
            "an attribute-free latent via a latent discriminator; continuous attribute sliders",
            "Lample et al. 2017"),
