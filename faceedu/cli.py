@@ -21,7 +21,7 @@ def _data_synth(args: argparse.Namespace) -> int:
 def _tour(args: argparse.Namespace) -> int:
     from faceedu.tour import run_tour
 
-    run_tour(args.root, args.out, vae_run=args.vae_run)
+    run_tour(args.root, args.out, vae_run=args.vae_run, cgan_run=args.cgan_run)
     return 0
 
 
@@ -34,12 +34,27 @@ def _grade(args: argparse.Namespace) -> int:
 def _train_judge(args: argparse.Namespace) -> int:
     from faceedu.train.judge import KINDS, train_judges
 
-    kinds = list(KINDS) if args.kind == "all" else args.kind.split(",")
+    kinds = None if args.kind is None else list(KINDS) if args.kind == "all" else args.kind.split(",")
+    unknown = [k for k in kinds or [] if k not in KINDS]
+    if unknown:
+        raise SystemExit(f"faceedu train judge: unknown --kind {unknown[0]!r}; choose all or from {', '.join(KINDS)}.")
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                  "init_from_attributes": False if args.no_init else None}
     loop = {"device": args.device, "progress": not args.no_progress, "seed": args.seed}
-    train_judges(args.root, args.run, kinds, args.preset, overrides, loop, args.export, args.data)
+    train_judges(args.root, args.run, kinds, args.preset, overrides, loop, args.export, args.data, args.train_limit)
     return 0
+
+
+def _train_parser(args: argparse.Namespace) -> int:
+    from faceedu.train.parser import command_train
+
+    return command_train(args)
+
+
+def _data_masks(args: argparse.Namespace) -> int:
+    from faceedu.train.parser import command_masks
+
+    return command_masks(args)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -152,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=SynthConfig.seed, help="same seed, same bytes")
     synth.add_argument("--workers", type=int, default=SynthConfig.workers, help="processes (0: all cores)")
     synth.set_defaults(func=_data_synth)
+    masks = data_commands.add_parser("masks", help="label maps for a real CelebA folder from a trained face parser")
+    masks.add_argument("--root", type=Path, required=True, help="the CelebA root (holds celeba/ or is it)")
+    masks.add_argument("--parser", type=Path, required=True, help="a `faceedu train parser` run folder (or its parser.pt)")
+    masks.add_argument("--batch-size", type=int, default=64)
+    masks.add_argument("--device", default="auto")
+    masks.add_argument("--limit", type=int, default=None, help="only the first N images")
+    masks.add_argument("--overwrite", action="store_true", help="replace label maps already there")
+    masks.set_defaults(func=_data_masks)
 
     tour = commands.add_parser("tour", help="the course tour on SynthFaces (generates it if missing)")
     tour.add_argument("--root", type=Path, default=DEFAULT_SYNTH_ROOT,
@@ -160,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where the figures and summary.txt/.json go (default: %(default)s)")
     tour.add_argument("--vae-run", type=Path, default=Path("runs/vae-quick"),
                       help="the quick VAE's run folder: trained there unless finished (default: %(default)s)")
+    tour.add_argument("--cgan-run", type=Path, default=Path("runs/cgan-quick"),
+                      help="the quick cGAN's run folder: trained there unless finished (default: %(default)s)")
     tour.set_defaults(func=_tour)
 
     grade = commands.add_parser("grade", help="run a lesson notebook like the autograder and print your points")
@@ -171,8 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model on the shared loop (resumable, logged)")
     train_commands = train.add_subparsers(dest="train_command", required=True)
     judge = train_commands.add_parser("judge", help="the referees: attribute, expression and identity judges")
-    judge.add_argument("--kind", default="all", help="all, or a comma list of attributes,expression,identity")
-    judge.add_argument("--data", choices=["synth", "celeba"], default="synth", help="what --root holds (JAFFE beside it)")
+    judge.add_argument("--kind", default=None, help="all, or a comma list of attributes,expression,identity "
+                       "(default: all on synth, attributes on celeba, expression on jaffe)")
+    judge.add_argument("--data", choices=["synth", "celeba", "jaffe"], default="synth",
+                       help="what --root holds: SynthFaces (all three judges), real CelebA (attributes; identity "
+                            "from dlib) or real JAFFE (expression; identity from dlib)")
+    judge.add_argument("--train-limit", type=int, default=None, help="train on the first N training faces only")
     judge.add_argument("--root", type=Path, default=DEFAULT_SYNTH_ROOT)
     judge.add_argument("--run", type=Path, default=Path("runs/judges"), help="run folder (resumes if a checkpoint is there)")
     judge.add_argument("--preset", choices=["quick", "full"], default="quick")
@@ -185,6 +214,22 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--no-init", action="store_true", help="identity: train from scratch, not from the attribute judge")
     judge.add_argument("--no-progress", action="store_true")
     judge.set_defaults(func=_train_judge)
+
+    parser_cmd = train_commands.add_parser("parser", help="the face parser (compact U-Net) that makes masks for real CelebA")
+    parser_cmd.add_argument("--root", type=Path, default=DEFAULT_SYNTH_ROOT,
+                            help="CelebAMask-HQ when it is there, else CelebA-layout label maps (SynthFaces)")
+    parser_cmd.add_argument("--data", choices=["auto", "celebamask", "celeba"], default="auto")
+    parser_cmd.add_argument("--run", type=Path, default=Path("runs/parser"), help="run folder (resumes)")
+    parser_cmd.add_argument("--preset", choices=["quick", "full"], default="quick")
+    parser_cmd.add_argument("--steps", type=int, default=None)
+    parser_cmd.add_argument("--batch-size", type=int, default=None)
+    parser_cmd.add_argument("--lr", type=float, default=None)
+    parser_cmd.add_argument("--train-limit", type=int, default=None, help="training faces decoded into memory")
+    parser_cmd.add_argument("--test-limit", type=int, default=None, help="test faces for the per-class IoU")
+    parser_cmd.add_argument("--seed", type=int, default=0)
+    parser_cmd.add_argument("--device", default="auto")
+    parser_cmd.add_argument("--no-progress", action="store_true")
+    parser_cmd.set_defaults(func=_train_parser)
 
     vae = train_commands.add_parser("vae", help="the face VAE with a mask decoder (Toledo & Antonelo 2021)")
     vae.add_argument("--preset", choices=["quick", "full", "poster"], default="quick",
@@ -234,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--root", type=Path, default=DEFAULT_SYNTH_ROOT, help="data (a run: default the run's own)")
     evaluate.add_argument("--split", choices=["train", "valid", "test"], default="test", help="a run's split")
     evaluate.add_argument("--limit", type=int, default=None, help="a run: evaluate the first N images only")
-    evaluate.add_argument("--weights", type=Path, default=None, help="judge weights folder (default: shipped)")
+    evaluate.add_argument("--judges", "--weights", dest="judges", type=Path, default=None,
+                          help="judges folder, e.g. a `faceedu train judge` run (default: the shipped SynthFaces ones)")
     evaluate.add_argument("--json", type=Path, default=None, metavar="FILE",
                           help="also write the figures to FILE as JSON (judges or a run)")
     evaluate.add_argument("--markdown", type=Path, default=None, metavar="FILE",
@@ -270,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--out", required=True, type=Path, help="the edited face, PNG")
     edit.add_argument("--compare", action="store_true", help="write input | reconstruction | edit side by side")
     edit.add_argument("--root", type=Path, default=None, help="labelled faces for the vectors (default: the run's data)")
+    edit.add_argument("--judges", type=Path, default=None,
+                      help="also say what the attribute judge reads before and after, with the judges in this folder")
     edit.set_defaults(func=_edit)
 
     latent = commands.add_parser("latent", help="a VAE run's latent arithmetic, measured: edit table, entanglement, figures")
@@ -281,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     latent.add_argument("--train-limit", type=int, default=None, help="fit the vectors on the first N training faces")
     latent.add_argument("--test-limit", type=int, default=None, help="measure on the first N test faces only")
     latent.add_argument("--no-figures", action="store_true")
+    latent.add_argument("--judges", type=Path, default=None, help="judges folder (default: the shipped SynthFaces ones)")
     latent.set_defaults(func=_latent)
 
     bench = commands.add_parser("bench", help="training throughput, FLOPs and memory per model and preset")

@@ -64,3 +64,39 @@ def trained_vae(trained_dir, synth_root, pytestconfig) -> dict:
     terminal_print(pytestconfig, f"[vae] quick preset trained in {summary['seconds']} s "
                                  f"({summary['images_per_s']} images/s)")
     return {"run": run, "summary": summary}
+
+
+@pytest.fixture(scope="session")
+def trained_cgan(trained_dir, synth_root, pytestconfig) -> dict:
+    """Lesson 04's quick conditional DCGAN (Blond_Hair x Male), trained once per test run exactly as
+    `faceedu train cgan` does it: {"run": run folder, "summary": the loop's summary}. A finished run of the
+    same preset on the same data (the tour's runs/cgan-quick) is copied instead of training again."""
+    import json
+    import shutil
+
+    from faceedu.data.synthfaces import dataset_fingerprint
+    from faceedu.models.cgan import preset
+    from faceedu.train.cgan import default_steps, train_cgan
+    from faceedu.train.loop import LoopConfig
+    from training import reusable_run, summary_of, terminal_print, training_progress
+
+    config, run = preset("quick"), trained_dir / "cgan-quick"
+    steps, fingerprint = default_steps(config), dataset_fingerprint(synth_root)
+
+    def same(described: dict) -> bool:
+        loop = described.get("loop", {})
+        wanted = json.loads(json.dumps(config.to_dict()))
+        return (described.get("model") == "cgan" and described.get("cgan") == wanted and fingerprint
+                and described.get("data_fingerprint") == fingerprint and loop.get("steps") == steps
+                and loop.get("seed") == 0)
+
+    found = reusable_run(REPO / "runs" / "cgan-quick", same, steps)
+    if found:
+        shutil.copytree(found, run)
+        terminal_print(pytestconfig, f"\n[cgan] reusing {found} (same quick preset, same data; FACEEDU_TEST_REUSE=0 trains afresh)")
+        return {"run": run, "summary": summary_of(run)}
+    with training_progress(pytestconfig, "cgan", run, steps):
+        summary = train_cgan(config, run, synth_root, loop=LoopConfig(progress=False, sample_every=250),
+                             preset_name="quick")
+    terminal_print(pytestconfig, f"[cgan] quick preset trained in {summary['seconds']} s ({summary['images_per_s']} images/s)")
+    return {"run": run, "summary": summary}

@@ -5,9 +5,10 @@ import json
 from faceedu.cli import main
 
 
-def test_tour_writes_contact_sheet_correlations_and_summary(synth_root, trained_vae, tmp_path, capsys):
+def test_tour_writes_contact_sheet_correlations_and_summary(synth_root, trained_vae, trained_cgan, tmp_path, capsys):
     run = trained_vae["run"]                    # the session's quick VAE: the tour reuses a finished run
-    assert main(["tour", "--root", str(synth_root), "--out", str(tmp_path), "--vae-run", str(run)]) == 0
+    assert main(["tour", "--root", str(synth_root), "--out", str(tmp_path), "--vae-run", str(run),
+                 "--cgan-run", str(trained_cgan["run"])]) == 0
     for picture in ("contact_sheet.png", "attribute_correlation.png"):
         assert (tmp_path / picture).stat().st_size > 50_000
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -19,5 +20,6 @@ def test_tour_writes_contact_sheet_correlations_and_summary(synth_root, trained_
     assert "strongest attribute correlations" in text and "Blond_Hair" in text
     assert summary["vae"]["masked_ssim"] >= 0.8 and (tmp_path / "vae" / "reconstructions.png").stat().st_size > 50_000
     assert summary["latent"]["cos_blond_eyeglasses"] > 0.3     # blond and glasses share a direction
+    assert summary["cgan"]["min_agreement"] > 0 and (tmp_path / "cgan" / "combinations.png").is_file()
     printed = capsys.readouterr().out
     assert "images/s" in printed and f"reusing the trained quick VAE in {run}" in printed

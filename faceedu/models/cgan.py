@@ -97,9 +97,10 @@ PRESETS: dict[str, CGANConfig] = {
     # The seed at 64x64: G 1024 -> 512 -> 256 -> 128 -> 3, D 128 -> 256 -> 512 -> 1024 -> 1, BCE, batch 64.
     "full": CGANConfig(),
     # CPU minutes on 64x64 SynthFaces: the same layers at an eighth of the width, one-sided smoothing,
-    # fake labels drawn uniformly over the combinations (the rare blond man is 6% of the data), bf16.
+    # fake labels drawn uniformly over the combinations (the rare blond man is 6% of the data), bf16 where
+    # native. 900 steps of 64 (2.4 epochs of the 24,000 training faces): about 5 minutes on 2 idle cores.
     "quick": CGANConfig(g_project=64, g_widths=(64, 32, 16), d_first=16, d_widths=(32, 64, 128), real_label=0.9,
-                        balance=True, batch_size=64, epochs=4, epoch_images=24_000, bf16=True, channels_last=True),
+                        balance=True, batch_size=64, epochs=2.4, epoch_images=24_000, bf16=True, channels_last=True),
 }
 
 

@@ -142,8 +142,12 @@ def train_cgan(config: CGANConfig, run_dir: Path | str, root: Path | str, steps:
     loop = loop or LoopConfig()
     loop = LoopConfig(**(asdict(loop) | {"steps": steps, "batch_size": config.batch_size, "seed": seed,
                                          "bf16": loop.bf16 or config.bf16}))
-    dataset = dataset if dataset is not None else load_data(root, "train", config)
-    describe = {"model": "cgan", "preset": preset_name, "data": str(root), "cgan": config.to_dict()}
+    from faceedu.data.synthfaces import dataset_fingerprint
+
+    fingerprint = dataset_fingerprint(root) if dataset is None else None     # a finished run is reusable on it
+    dataset = dataset if dataset is not None else load_data(root, "train", config)   # refuses bad attributes
+    describe = {"model": "cgan", "preset": preset_name, "data": str(Path(root).expanduser().resolve()),
+                "data_fingerprint": fingerprint, "cgan": config.to_dict()}
     return train(CGANTask(config, seed=seed), dataset, run_dir, loop, describe=describe)
 
 
@@ -254,13 +258,12 @@ def command_train(args) -> int:
         from faceedu.data.synthfaces import ensure
 
         root = ensure(root, verbose=True)
-    dataset = load_data(root, "train", config)                     # refuses bad attributes before any training
     run = args.run or Path("runs") / f"cgan-{args.preset}{'-projection' if config.discriminator == 'projection' else ''}"
     loop = LoopConfig(device=args.device, bf16=args.bf16, progress=not args.no_progress,
                       sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every)
     print(f"cGAN ({config.discriminator} D, {config.loss} loss) on {', '.join(config.attrs)}: "
           f"G {parameter_count(Generator(config)):,} parameters, D {parameter_count(discriminator(config)):,}")
-    train_cgan(config, run, root, steps=args.steps, loop=loop, dataset=dataset, preset_name=args.preset, seed=args.seed)
+    train_cgan(config, run, root, steps=args.steps, loop=loop, preset_name=args.preset, seed=args.seed)
     print(f"Next: faceedu eval {run}")
     return 0
 
