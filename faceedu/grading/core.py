@@ -21,7 +21,11 @@ autograde time.
 
 from __future__ import annotations
 
+import builtins
 import copy
+import dis
+import sys
+import types
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
@@ -33,6 +37,8 @@ import torch
 __all__ = [
     "CheckFailed",
     "ReferenceUsed",
+    "CopiedReference",
+    "Tampered",
     "Check",
     "reference_unreachable",
     "rng",
@@ -49,15 +55,29 @@ class ReferenceUsed(CheckFailed):
     """The learner's function called faceedu's own implementation of the exercise."""
 
 
+class CopiedReference(CheckFailed):
+    """The learner's function is a copy of faceedu's own implementation (same code, whatever the names)."""
+
+
+class Tampered(CheckFailed):
+    """The notebook replaced something the checks rely on (torch's comparisons, Python's builtins)."""
+
+
 # --- the reference guard --------------------------------------------------------------------------
 # Swapping a function's code object (rather than a module attribute) blocks every way of reaching it:
 # `faceedu.x.f(...)`, `from faceedu.x import f`, an alias taken before the check, a functools.partial.
 
 _reference_calls: list[str] = []  # names of blocked references called during the current student call
 
+# This module may be loaded more than once (faceedu.grading.checks loads a private copy for every test
+# cell); a blocked reference finds *this* copy's call list and error type under a key no other copy shares.
+_SELF_KEY = f"_faceedu_grading_core@{id(_reference_calls):x}"
+sys.modules[_SELF_KEY] = types.SimpleNamespace(_reference_calls=_reference_calls,  # type: ignore[assignment]
+                                               ReferenceUsed=ReferenceUsed)
+
 _BLOCKED_TEMPLATE = '''
 def {name}(*args, **kwargs):
-    from faceedu.grading import core
+    core = __import__("sys").modules[{key!r}]
     core._reference_calls.append({qualname!r})
     raise core.ReferenceUsed({message!r})
 '''
@@ -70,7 +90,7 @@ def _blocked_code(target: Callable, exercise: str) -> Any:
         f"write it yourself: remove that call (and its import) and implement the steps in the notebook."
     )
     namespace: dict[str, Any] = {}
-    exec(_BLOCKED_TEMPLATE.format(name=target.__name__, qualname=qualname, message=message), namespace)
+    exec(_BLOCKED_TEMPLATE.format(name=target.__name__, key=_SELF_KEY, qualname=qualname, message=message), namespace)
     return namespace[target.__name__].__code__
 
 
@@ -85,6 +105,20 @@ def _functions_of(obj: Any) -> list[Any]:
     return [obj]
 
 
+def _twins(fn: Any) -> list[Any]:
+    """`fn` and, when the grader runs on a private copy of faceedu (see faceedu.grading.checks), the
+    same function in the modules the learner's notebook imported: both must be unreachable."""
+    found = [fn]
+    owner: Any = sys.modules.get(getattr(fn, "__module__", None) or "")
+    for part in getattr(fn, "__qualname__", "").split("."):
+        owner = getattr(owner, part, None)
+    owner = getattr(owner, "__func__", owner)
+    owner = getattr(owner, "__wrapped__", owner)
+    if owner is not None and owner is not fn and isinstance(owner, types.FunctionType) and not owner.__closure__:
+        found.append(owner)
+    return found
+
+
 @contextmanager
 def reference_unreachable(references: Iterable[Any], exercise: str) -> Iterator[None]:
     """While the block runs, calling any of `references` (functions or classes) raises ReferenceUsed.
@@ -92,7 +126,7 @@ def reference_unreachable(references: Iterable[Any], exercise: str) -> Iterator[
     saved: list[tuple[Any, Any]] = []
     try:
         for ref in references:
-            for fn in _functions_of(ref):
+            for fn in [twin for own in _functions_of(ref) for twin in _twins(own)]:
                 if fn.__closure__:  # a closure's code cannot be swapped; such references are not blockable
                     raise TypeError(f"cannot block {fn.__qualname__}: it is a closure")
                 saved.append((fn, fn.__code__))
@@ -101,6 +135,156 @@ def reference_unreachable(references: Iterable[Any], exercise: str) -> Iterator[
     finally:
         for fn, code in reversed(saved):
             fn.__code__ = code
+
+
+# --- copies of the reference -------------------------------------------------------------------------
+# A copy made with inspect.getsource + exec (or pasted, or with every variable renamed) compiles to the
+# same instructions as the reference. Three tiers, so that a learner who writes a short function the
+# way the package does is not accused of copying it:
+#   verbatim - same instructions, names, local names and docstring as a package function (the package's
+#              docstrings are not in the notebooks): any function of _VERBATIM_MIN instructions or more;
+#   renamed  - same instructions and global/attribute names, any local names: _STRICT_MIN or more;
+#   loose    - same instructions, any names at all: _LOOSE_MIN or more.
+# (The solution notebooks' own dice and orthogonalise, written apart from the package, are 48 and 30
+# instructions long and identical to the package's bar the names: hence the minimum of 50.)
+
+_VERBATIM_MIN = 8
+_STRICT_MIN = 50
+_LOOSE_MIN = 90
+
+
+_FAST = {"LOAD_FAST", "STORE_FAST", "DELETE_FAST", "LOAD_CLOSURE", "LOAD_DEREF", "STORE_DEREF", "MAKE_CELL"}
+_SKIP = {"CACHE", "NOP", "EXTENDED_ARG", "RESUME", "PUSH_NULL"}
+_JUMPS = set(dis.hasjrel) | set(dis.hasjabs)
+
+
+def _fingerprint(code: types.CodeType, names: bool) -> tuple:
+    """The instructions of `code`, without what a copy may change: local variable names (only their
+    order counts), the docstring, line numbers, and how the compiler chose to load a method (a
+    function compiled on its own in a cell uses LOAD_METHOD where its module used LOAD_ATTR)."""
+    out = []
+    for ins in dis.get_instructions(code):
+        op = "LOAD_ATTR" if ins.opname == "LOAD_METHOD" else ins.opname
+        if op in _SKIP:
+            continue
+        if ins.opcode in _JUMPS:
+            arg: Any = None
+        elif isinstance(ins.argval, types.CodeType):
+            arg = _fingerprint(ins.argval, names)
+        elif op in _FAST:
+            arg = ins.arg
+        elif ins.opcode in dis.hasname:
+            arg = ins.argval if names else None
+        elif ins.opcode in dis.hasconst or op == "KW_NAMES":
+            arg = repr(ins.argval)
+        elif op in ("PRECALL", "CALL"):
+            arg = ins.arg
+        else:
+            arg = ins.arg
+        out.append((op, arg))
+    return (code.co_argcount, code.co_kwonlyargcount, tuple(out))
+
+
+def _instructions(code: types.CodeType) -> int:
+    return len(_fingerprint(code, False)[2])
+
+
+def _codes(obj: Any) -> list[tuple[str, Any]]:
+    """(qualified name, function) for a function or every method of a class."""
+    try:
+        functions = _functions_of(obj)
+    except TypeError:
+        return []
+    return [(f"{getattr(f, '__module__', '?')}.{f.__qualname__}", f) for f in functions if hasattr(f, "__code__")]
+
+
+def copied_reference(candidate: Any, references: Iterable[Any]) -> str | None:
+    """The qualified name of the reference that `candidate` (a function or class) is a copy of, or None."""
+    mine = _codes(candidate)
+    if not mine:
+        return None
+    theirs = [(name, fn) for ref in references for name, fn in _codes(ref)]
+    for _, fn in mine:
+        strict, loose = _fingerprint(fn.__code__, True), _fingerprint(fn.__code__, False)
+        for name, ref in theirs:
+            size = _instructions(ref.__code__)
+            if (size >= _VERBATIM_MIN and not ref.__module__.startswith("faceedu.grading") and ref.__doc__
+                    and fn.__doc__ == ref.__doc__ and fn.__code__.co_varnames == ref.__code__.co_varnames
+                    and strict == _fingerprint(ref.__code__, True)):
+                return name
+            if size >= _STRICT_MIN and strict == _fingerprint(ref.__code__, True):
+                return name
+            if size >= _LOOSE_MIN and loose == _fingerprint(ref.__code__, False):
+                return name
+    return None
+
+
+# --- the runtime the checks rely on ---------------------------------------------------------------------
+# The comparisons run on torch, numpy and Python's builtins. A notebook that replaced torch.allclose with
+# `lambda *a, **k: True` (or Tensor.__bool__, or builtins.isinstance) would pass anything, so before a
+# check runs: the comparison helpers must be the C builtins of their names, and no function of torch,
+# numpy or builtins may be Python code from outside those libraries.
+
+_C_HELPERS = {
+    "torch": ("isclose", "allclose", "equal", "eq", "ne", "isnan", "isfinite", "nonzero", "all", "any", "abs",
+              "sum", "mean", "where", "tensor", "as_tensor", "is_tensor"),
+    "torch.Tensor": ("all", "any", "sum", "mean", "abs", "item", "tolist", "to", "detach", "clone", "double",
+                     "float", "isnan", "nonzero", "numel", "dim", "__eq__", "__ne__", "__lt__", "__gt__",
+                     "__le__", "__ge__", "__sub__", "__invert__"),
+    "builtins": ("isinstance", "issubclass", "len", "abs", "all", "any", "getattr", "hasattr", "callable",
+                 "print", "repr", "max", "min", "sum", "round", "sorted", "zip", "__import__", "exec"),
+}
+_BUILTIN_TYPES = ("bool", "int", "float", "str", "tuple", "list", "dict", "set", "type", "object", "range")
+
+
+def _library_dirs() -> tuple[str, ...]:
+    import os
+
+    # torch's and numpy's site-packages (their decorators live in sibling packages) and the standard library
+    return tuple(os.path.dirname(os.path.dirname(m.__file__)) + os.sep for m in (torch, np)) + (
+        os.path.dirname(types.__file__) + os.sep,)
+
+
+def tampered_runtime() -> list[str]:
+    """What the notebook replaced among the things the checks rely on (empty when nothing was)."""
+    problems = []
+    owners = {"torch": torch, "torch.Tensor": torch.Tensor, "builtins": builtins}
+    for owner_name, names in _C_HELPERS.items():
+        owner = owners[owner_name]
+        for name in names:
+            value = getattr(owner, name, None)
+            if isinstance(value, (types.BuiltinFunctionType, types.MethodDescriptorType,
+                                  types.WrapperDescriptorType, types.MethodWrapperType)):
+                ok = value.__name__ == name
+            elif isinstance(value, types.FunctionType):   # torch's own Python wrappers (torch.is_tensor)
+                ok = value.__name__ == name and value.__code__.co_filename.startswith(_library_dirs())
+            else:                                          # zip, sorted's friends that are types
+                ok = isinstance(value, type) and value.__module__ == "builtins" and value.__name__ == name
+            if not ok:
+                problems.append(f"{owner_name}.{name}")
+    for name in _BUILTIN_TYPES:
+        value = getattr(builtins, name, None)
+        if not (isinstance(value, type) and value.__module__ == "builtins" and value.__name__ == name):
+            problems.append(f"builtins.{name}")
+    roots = _library_dirs()
+    for owner_name, owner in (("torch", torch), ("torch.nn.functional", torch.nn.functional),
+                              ("torch.Tensor", torch.Tensor), ("torch.nn.Module", torch.nn.Module),
+                              ("numpy", np), ("builtins", builtins)):
+        for name, value in list(vars(owner).items()):
+            value = getattr(value, "__func__", value)
+            if isinstance(value, types.FunctionType) and not value.__code__.co_filename.startswith(roots):
+                problems.append(f"{owner_name}.{name}")
+    return sorted(set(problems))
+
+
+def require_intact_runtime(exercise: str) -> None:
+    """Raise Tampered if the notebook replaced a function the checks rely on."""
+    __tracebackhide__ = True
+    problems = tampered_runtime()
+    if problems:
+        shown = ", ".join(f"`{p}`" for p in problems[:4]) + (f" and {len(problems) - 4} more" if len(problems) > 4 else "")
+        raise Tampered(f"{exercise}: this notebook replaced {shown}, which the checks rely on. Remove the code that "
+                       f"assigns to torch, numpy or Python's builtins, restart the kernel and run the notebook again.")
 
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -157,6 +341,17 @@ class Check:
         if not callable(fn):
             self.fail(f"expected the function `{exercise}`, got {describe(fn)}. Pass the function itself, "
                       f"e.g. check_{exercise}({exercise}).")
+        require_intact_runtime(exercise)
+        self._reject_copy(fn)
+
+    def _reject_copy(self, candidate: Any) -> None:
+        __tracebackhide__ = True
+        source = copied_reference(candidate, self.blocked)
+        if source:
+            raise CopiedReference(
+                f"{self.exercise}: your function is a copy of faceedu's own `{source}` (the same code, whatever "
+                f"the variable names). Copying the course's implementation (with inspect.getsource, or by pasting "
+                f"it) scores nothing: write the exercise yourself from the notebook's explanation.")
 
     # -- running the learner's code --
 
@@ -171,7 +366,7 @@ class Check:
         try:
             with reference_unreachable(self.blocked, self.exercise):
                 out = self.fn(*args, **kwargs)
-        except ReferenceUsed:
+        except (ReferenceUsed, Tampered):
             raise
         except NotImplementedError:
             raise CheckFailed(
@@ -186,6 +381,9 @@ class Check:
                 f"{self.exercise}({shown}) raised {type(error).__name__}: {first} — run it on this input "
                 f"yourself to see where (the traceback above ends in your code)."
             ) from error
+        if isinstance(out, torch.nn.Module) and not type(out).__module__.startswith(("torch.", "faceedu.")):
+            self._reject_copy(type(out))       # a model whose class is a copy of the reference's
+        require_intact_runtime(self.exercise)  # ... or that patched torch while it ran
         if _reference_calls:  # the learner caught our ReferenceUsed and carried on: still not allowed
             raise ReferenceUsed(f"{self.exercise}: your code called faceedu's own `{_reference_calls[0]}`. "
                                 f"Write the exercise yourself instead of calling the course's implementation.")
