@@ -46,9 +46,12 @@ def test_notebook_follows_the_lesson_conventions(slug):
         points = meta[index + 1].get("points", 0)
         assert f"({points:g} points)" in nb.cells[index - 1].source, f"{name}: the exercise text states its points"
         assert meta[index + 1].get("grade_id") == f"check_{name}", f"the check cell follows exercise {name}"
-        assert f"check_{name}({name})" in follow.source
-        assert "### BEGIN HIDDEN TESTS" in follow.source and f"check_{name}({name}, hidden=True)" in follow.source
-        assert f"faceedu.grading.lesson{slug[:2]} import check_{name}" in follow.source
+        # the grader is loaded afresh by faceedu.grading.checks (grading integrity): never imported from
+        # a module a learner's cell could have rebound
+        grader = f'checks("lesson{slug[:2]}").check_{name}'
+        assert follow.source.startswith("from faceedu.grading import checks\n"), f"check_{name}: {follow.source!r}"
+        assert f"{grader}({name})\n### BEGIN HIDDEN TESTS\n{grader}({name}, hidden=True)\n### END HIDDEN TESTS" in follow.source
+        assert "import check_" not in follow.source and "faceedu.grading.lesson" not in follow.source
     assert all(m.get("points", 0) > 0 and m.get("locked") for _, m in graded_code)
     manual = [c for c, m in zip(nb.cells, meta) if m.get("grade") and m.get("solution")]
     assert len(manual) == 1 and manual[0].cell_type == "markdown", "one reflection, graded by hand"
