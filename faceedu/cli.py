@@ -78,8 +78,10 @@ def _eval_run(args: argparse.Namespace) -> int:
         from faceedu.train.vae import command_eval
     elif model == "cgan":
         from faceedu.train.cgan import command_eval
+    elif model == "cyclegan":
+        from faceedu.train.cyclegan import command_eval
     else:
-        raise SystemExit(f"faceedu eval: {run} holds a {model!r} run; runs that can be evaluated: vae, cgan")
+        raise SystemExit(f"faceedu eval: {run} holds a {model!r} run; runs that can be evaluated: vae, cgan, cyclegan")
     status = command_eval(run, args)
     if status == 0 and (args.json or args.markdown):
         _eval_reports(run, args)
@@ -118,6 +120,16 @@ def _train_cgan(args: argparse.Namespace) -> int:
         return command_train(args)
     except ValueError as error:          # an unknown or constant attribute: say why, no traceback
         raise SystemExit(f"faceedu train cgan: {error}") from None
+
+
+def _train_cyclegan(args: argparse.Namespace) -> int:
+    from faceedu.data.layout import DatasetError
+    from faceedu.train.cyclegan import command_train
+
+    try:
+        return command_train(args)
+    except (ValueError, DatasetError) as error:   # an unknown domain code, an empty domain, a colour image
+        raise SystemExit(f"faceedu train cyclegan: {error}") from None
 
 
 def _ablate_vae(args: argparse.Namespace) -> int:
@@ -273,6 +285,25 @@ def build_parser() -> argparse.ArgumentParser:
     cgan.add_argument("--checkpoint-every", type=int, default=250)
     cgan.add_argument("--no-progress", action="store_true")
     cgan.set_defaults(func=_train_cgan)
+
+    cyclegan = train_commands.add_parser("cyclegan", help="CycleGAN between two JAFFE expressions (Zhu et al. 2017)")
+    cyclegan.add_argument("--preset", choices=["quick", "full", "facepaint"], default="quick",
+                          help="quick: CPU minutes on SynthFaces-JAFFE; full: the official code at 256 px; "
+                               "facepaint: FacePaint's 350 iterations at lr 5e-4 (default: %(default)s)")
+    cyclegan.add_argument("--domains", default="HA,NE", help="two JAFFE expression codes A,B (default: %(default)s)")
+    cyclegan.add_argument("--root", type=Path, default=None,
+                          help="a JAFFE folder (or one holding jaffe/); default SynthFaces at datasets/synthfaces")
+    cyclegan.add_argument("--run", type=Path, default=None, help="run folder (default runs/cyclegan-PRESET; resumes)")
+    cyclegan.add_argument("--steps", type=int, default=None, help="default: the preset's (half constant, half decay)")
+    cyclegan.add_argument("--batch-size", type=int, default=None)
+    cyclegan.add_argument("--lr", type=float, default=None, help="Adam learning rate of G and D")
+    cyclegan.add_argument("--seed", type=int, default=0)
+    cyclegan.add_argument("--device", default="auto")
+    cyclegan.add_argument("--log-every", type=int, default=50)
+    cyclegan.add_argument("--sample-every", type=int, default=400)
+    cyclegan.add_argument("--checkpoint-every", type=int, default=400)
+    cyclegan.add_argument("--no-progress", action="store_true")
+    cyclegan.set_defaults(func=_train_cyclegan)
 
     evaluate = commands.add_parser("eval", help="measure models with the judges and image metrics")
     evaluate.add_argument("what", help="judges (the referees' own test-split figures) or a run folder, e.g. runs/vae-quick")
