@@ -16,21 +16,31 @@ TRAINING = "from tqdm.auto import tqdm\nimport time\nfor step in tqdm(range(30),
 
 
 def _notebook(path, last: str = "print('done')"):
-    nbformat.write(new_notebook(cells=[new_code_cell("x = 1"), new_code_cell(TRAINING), new_code_cell(last)]), path)
+    cells = [new_code_cell("from faceedu.grading import course"), new_code_cell(TRAINING), new_code_cell(last)]
+    nbformat.write(new_notebook(cells=cells), path)
     return path
 
 
-def test_reference_runs_are_cached_by_content_and_show_progress(tmp_path, capsys):
+def test_reference_runs_are_cached_by_content_and_show_progress(tmp_path, capsys, monkeypatch):
     source, cache, lesson = _notebook(tmp_path / "toy.ipynb"), tmp_path / "cache", SimpleNamespace(slug="toy")
     executed = site.reference_run(lesson, cache=cache, progress=0.5, source=source)      # no per-cell limit
     out = capsys.readouterr().out
     assert executed.cells[2].outputs[0]["text"] == "done\n"
     assert "per-cell limit: none" in out and "[toy] cell 2/3 running for" in out
     assert "step/s]" in out, out                                       # the training cell's progress bar
-    assert len(list(cache.glob("toy-*.ipynb"))) == 1
+    [copy] = cache.glob("toy-*.ipynb")
+    recorded = nbformat.read(copy, 4).metadata["faceedu_reference_run"]
+    assert "faceedu/grading/course.py" in recorded["modules"] and "fast" in recorded["environment"]
+    assert len(nbformat.read(copy, 4).cells) == 3                      # the module probe is not kept
 
     again = site.reference_run(lesson, cache=cache, progress=0.5, source=source)
     assert "reused" in capsys.readouterr().out and again.cells[2].outputs == executed.cells[2].outputs
+
+    real = site.environment()                                          # e.g. the data or a reused run changed
+    monkeypatch.setattr(site, "environment", lambda: real | {"fast": not real["fast"]})
+    site.reference_run(lesson, cache=cache, progress=None, source=source)
+    assert "executing" in capsys.readouterr().out
+    monkeypatch.setattr(site, "environment", lambda: real)
 
     _notebook(source, last="print('changed')")                         # new content: executed again
     changed = site.reference_run(lesson, cache=cache, progress=None, source=source)

@@ -8,8 +8,9 @@ allow_errors=False: a lesson that fails cannot produce a page. Pages go to docs/
 selected figures to docs/generated/ (both build outputs, git-ignored); `mkdocs build` then renders them
 with mkdocs-jupyter (execute: false, allow_errors: false).
 
-Reference runs are cached by content in outputs/executed/ (the key: the solution notebook, the faceedu
-sources, the data and fast mode), so a rebuild re-executes only the lessons that changed; lesson 03 reuses
+Reference runs are cached by content in outputs/executed/: one is reused while the solution notebook, the
+faceedu modules its kernel loaded, the shipped weights, the runs it may reuse (runs/*/checkpoint.pt), the
+data and fast mode are unchanged, so a rebuild re-executes only the lessons that changed; lesson 03 reuses
 the tour's runs/vae-quick. While a lesson runs, its cell and training progress are printed. No cell has a
 time limit unless `--cell-timeout S` sets one.
 """
@@ -21,6 +22,7 @@ import hashlib
 import html
 import importlib
 import inspect
+import json
 import re
 import sys
 import tempfile
@@ -41,16 +43,25 @@ class ReferenceRunFailed(RuntimeError):
     """A lesson's reference run stopped: an error in a cell, or a cell over the --cell-timeout limit."""
 
 
-def execute(path: Path, timeout: float | None = None, progress: float | None = 30.0) -> Any:
+# run after a reference run, in its kernel: the faceedu modules it loaded (what its outputs depend on)
+PROBE = ("import json as _json, sys as _sys\n"
+         "print(_json.dumps(sorted({_m.__file__ for _n, _m in list(_sys.modules.items())\n"
+         "                          if _n.split('.')[0] == 'faceedu' and getattr(_m, '__file__', None)})))")
+
+
+def execute(path: Path, timeout: float | None = None, progress: float | None = 30.0, probe: str | None = None) -> Any:
     """Run a notebook top to bottom (the reference run); any error stops the build. `timeout`: seconds
     per cell (None: no limit). `progress`: every so many seconds, print which cell runs and the
-    latest training progress bar it shows (None: quiet)."""
+    latest training progress bar it shows (None: quiet). `probe`: code run last, in the same kernel; its
+    printed output is returned in nb.metadata["probe"] and its cell removed."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
     nb = nbformat.read(path, as_version=4)
     code = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"]
+    if probe is not None:
+        nb.cells.append(nbformat.v4.new_code_cell(probe))
     state = {"cell": None, "since": time.monotonic(), "bar": ""}
     start = time.monotonic()
 
@@ -66,13 +77,14 @@ def execute(path: Path, timeout: float | None = None, progress: float | None = 3
             return super().handle_comm_msg(outs, msg, cell_index)
 
     def cell_started(cell, cell_index, **_):
-        state.update(cell=cell_index, since=time.monotonic(), bar="")
+        if cell.cell_type == "code":                            # nbclient calls this for markdown cells too
+            state.update(cell=cell_index, since=time.monotonic(), bar="")
 
     done = threading.Event()
 
     def heartbeat() -> None:
         while not done.wait(progress):
-            if state["cell"] is not None:
+            if state["cell"] in code:
                 bar = f" · {state['bar']}" if state["bar"] else ""
                 say(f"cell {code.index(state['cell']) + 1}/{len(code)} running for "
                     f"{time.monotonic() - state['since']:.0f} s{bar} ({time.monotonic() - start:.0f} s in all)")
@@ -89,25 +101,52 @@ def execute(path: Path, timeout: float | None = None, progress: float | None = 3
             client.execute(stderr=kernel_stderr)
     except CellTimeoutError as err:
         raise ReferenceRunFailed(
-            f"{path.stem}: code cell {code.index(state['cell']) + 1}/{len(code)} ran longer than the "
+            f"{path.stem}: code cell {code.index(state['cell']) + 1 if state['cell'] in code else '(probe)'}/{len(code)} "
+            f"ran longer than the "
             f"{timeout:g} s per-cell limit; raise it (`make docs CELL_TIMEOUT=S`, 0 for none)") from err
     except CellExecutionError as err:
         raise ReferenceRunFailed(f"{path.stem}: the reference run failed:\n{err}") from err
     finally:
         done.set()
+    if probe is not None:
+        ran = nb.cells.pop()
+        nb.metadata["probe"] = "".join(o.get("text", "") for o in ran.outputs if o.output_type == "stream")
     return nb
 
 
-def cache_key(path: Path) -> str:
-    """What a reference run's outputs depend on: the notebook, faceedu's sources, the data, fast mode."""
+def _sha(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+def _stat(path: Path) -> list:
+    info = path.stat()
+    return [info.st_size, info.st_mtime_ns]
+
+
+def environment() -> dict[str, Any]:
+    """What any reference run may depend on besides its notebook and modules: the data, fast mode, the
+    shipped weights and the finished runs a lesson may reuse (runs/*/checkpoint.pt)."""
     from faceedu.data.synthfaces import dataset_fingerprint
 
-    digest = hashlib.sha256(path.read_bytes())
-    package = REPO / "faceedu"
-    for source in sorted(package.rglob("*.py")):
-        digest.update(str(source.relative_to(package)).encode() + source.read_bytes())
-    digest.update(f"{dataset_fingerprint(data_root())}|{data_root()}|fast={fast_mode()}".encode())
-    return digest.hexdigest()[:16]
+    weights = REPO / "faceedu" / "weights"
+    return {"data": [str(data_root()), dataset_fingerprint(data_root())], "fast": fast_mode(),
+            "weights": {p.name: _sha(p) for p in sorted(weights.glob("*")) if p.is_file()},
+            "runs": {str(p.relative_to(REPO)): _stat(p) for p in sorted((REPO / "runs").glob("*/checkpoint.pt"))}}
+
+
+def _dependencies(files: list[str]) -> dict[str, str | None]:
+    return {name: _sha(REPO / name if not Path(name).is_absolute() else Path(name)) for name in files}
+
+
+def _still_valid(executed: Any) -> bool:
+    """Whether nothing a cached reference run recorded as its inputs has changed since."""
+    recorded = executed.metadata.get("faceedu_reference_run", {})
+    modules = recorded.get("modules")
+    return modules is not None and _dependencies(list(modules)) == modules and recorded.get("environment") == \
+        json.loads(json.dumps(environment()))
 
 
 def reference_run(lesson: Lesson, timeout: float | None = None, cache: Path | None = CACHE,
@@ -117,21 +156,26 @@ def reference_run(lesson: Lesson, timeout: float | None = None, cache: Path | No
     import nbformat
 
     source = source or REPO / "solutions" / lesson.slug / f"{lesson.slug}.ipynb"
-    if cache is not None:
-        hit = cache / f"{lesson.slug}-{cache_key(source)}.ipynb"
-        if hit.is_file():
-            print(f"reference run of {lesson.slug}: reused {hit.relative_to(REPO) if hit.is_relative_to(REPO) else hit}")
-            return nbformat.read(hit, as_version=4)
+    copy = cache / f"{lesson.slug}-{_sha(source)}.ipynb" if cache is not None else None
+    if copy is not None and copy.is_file():
+        executed = nbformat.read(copy, as_version=4)
+        if _still_valid(executed):
+            print(f"reference run of {lesson.slug}: reused {copy.relative_to(REPO) if copy.is_relative_to(REPO) else copy}")
+            return executed
     print(f"reference run of {lesson.slug}: executing {source.name} "
           f"(per-cell limit: {f'{timeout:g} s' if timeout else 'none'})", flush=True)
     start = time.monotonic()
-    executed = execute(source, timeout, progress)
+    executed = execute(source, timeout, progress, probe=PROBE)
     print(f"reference run of {lesson.slug}: {time.monotonic() - start:.1f} s", flush=True)
+    loaded = json.loads(executed.metadata.pop("probe").strip().splitlines()[-1])
     if cache is not None:
+        names = [str(Path(f).relative_to(REPO)) if Path(f).is_relative_to(REPO) else f for f in loaded]
+        executed.metadata["faceedu_reference_run"] = {"modules": _dependencies(names), "environment": environment()}
         cache.mkdir(parents=True, exist_ok=True)
         for stale in cache.glob(f"{lesson.slug}-*.ipynb"):
             stale.unlink()
-        nbformat.write(executed, cache / f"{lesson.slug}-{cache_key(source)}.ipynb")  # the key after the run
+        nbformat.write(executed, copy)
+        executed.metadata.pop("faceedu_reference_run")
     return executed
 
 
