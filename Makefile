@@ -52,7 +52,8 @@ lessons: setup
 	done
 
 # The website: lesson pages from the reference runs (executed once, then reused from outputs/executed/ until
-# a notebook, faceedu or the data changes; progress printed), then a strict build into site/.
+# the notebook, the faceedu modules it ran, the data or a run it reused change; progress printed), then a
+# strict build into site/.
 # CELL_TIMEOUT=S limits any one notebook cell to S seconds (default 0: no limit).
 docs: setup
 	$(PY) -m faceedu.grading.site --cell-timeout $(CELL_TIMEOUT)
