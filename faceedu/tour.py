@@ -129,7 +129,7 @@ def step_cgan(tour: Tour) -> None:
     from faceedu.train.loop import LoopConfig
 
     run = tour.cgan_run
-    summary = train_cgan(preset("quick"), run, tour.root, loop=LoopConfig(progress=False), preset_name="quick")
+    summary = train_cgan(preset("quick"), run, tour.root, loop=LoopConfig(progress=True), preset_name="quick")
     if summary["steps_this_run"]:
         tour.say(f"trained the quick cGAN in {summary['seconds']:.0f} s ({summary['images_per_s']:,.0f} images/s): {run}")
     else:
