@@ -550,12 +550,14 @@ def test_faces(root: Path | str, vae: FaceVAE, limit: int | None = None):
 
 
 def report(run: Path | str, out: Path | str | None = None, root: Path | str | None = None, scale: float = 2.0,
-           faces: int = 400, train_limit: int | None = None, figures: bool = True, test_limit: int | None = None) -> dict:
+           faces: int = 400, train_limit: int | None = None, figures: bool = True, test_limit: int | None = None,
+           judges: Path | str | None = None) -> dict:
     """`faceedu latent RUN`: the per-attribute table (success, kept, leaks; plain and conditional), the
     Blond_Hair -> Eyeglasses entanglement three ways, the entanglement matrices before and after
     orthogonalising, and the figures (spectra, hair colours, beards, interpolation). Writes
-    latent.json, table.md and PNGs to `out` (default RUN/latent)."""
-    from faceedu.models.judges import load_judges
+    latent.json, table.md and PNGs to `out` (default RUN/latent). `judges`: the judges' folder (default: the
+    shipped SynthFaces ones); the report names what they were trained on and warns when it is not this data."""
+    from faceedu.models.judges import dataset_kind, describe, judges_for
     from faceedu.train.vae import run_data_root
 
     run = Path(run)
@@ -563,7 +565,8 @@ def report(run: Path | str, out: Path | str | None = None, root: Path | str | No
     out.mkdir(parents=True, exist_ok=True)
     space = LatentSpace.from_run(run, root, limit=train_limit)
     root = run_data_root(run, json.loads((run / "config.json").read_text()), root)
-    judge = load_judges(kinds=["attributes"]).require("attributes")
+    loaded = judges_for(root, judges, kinds=["attributes"])
+    judge = loaded.require("attributes")
     images, labels, names = test_faces(root, space.vae, limit=test_limit)
     rows = edit_table(space, judge, images, labels, names, scale=scale, faces=faces)
     pair = unwanted_change(space, judge, images, labels, names, scale=scale, faces=faces)
@@ -582,6 +585,7 @@ def report(run: Path | str, out: Path | str | None = None, root: Path | str | No
     described = json.loads((run / "config.json").read_text())
     summary = {"run": str(run), "data": str(root), "scale": scale, "train_faces": len(space.mu),
                "steps": described.get("loop", {}).get("steps"), "preset": described.get("preset"),
+               "data_kind": dataset_kind(root), "judge": describe(judge), "judge_warnings": loaded.warnings,
                "table": rows, "blond_eyeglasses": pair, "judged": judged, "sweep": {str(k): v for k, v in sweep.items()},
                "entanglement": {k: v.tolist() for k, v in matrices.items()}}
     (out / "latent.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -608,9 +612,12 @@ def results_markdown(summary: dict, judge_accuracy: dict[str, float] | None = No
     """The measured part of the docs page (docs/latent.md) from a report's summary."""
     rows, sweep, pair = summary["table"], summary["sweep"], dict(summary["blond_eyeglasses"])
     bias = pair.pop("judge_bias")
+    data = {"synthfaces": "SynthFaces'", "celeba": "CelebA's"}.get(summary.get("data_kind", "synthfaces"), "the data's")
     lines = [f"## Results: the quick VAE ({summary['steps']} steps)", "",
-             f"Vectors from the {summary['train_faces']:,} training faces; every test below on SynthFaces' test split "
+             f"Vectors from the {summary['train_faces']:,} training faces; every test below on {data} test split "
              f"(faces never seen in training), edits at $s = {summary['scale']:g}$ unless a scale is given.", "",
+             *([f"Judged by the {summary['judge']}.", ""] if "judge" in summary else []),
+             *[f"**{w.splitlines()[0]}**" for w in summary.get("judge_warnings", [])],
              "### Every attribute", "", table_markdown(rows, judge_accuracy),
              "*judge acc.*: the judge on real test faces; *judge on recon.*: on this VAE's reconstructions; "
              "*kept* and *least kept* over the uncorrelated attributes the judge reads reliably on reconstructions; "
@@ -705,13 +712,24 @@ def command_edit(args) -> int:
     what = ", ".join(f"{n} {s:+g}" for n, s in edits.items())
     print(f"Wrote {out} ({'input | reconstruction | ' if args.compare else ''}{what}"
           f"{'; orthogonal to ' + ', '.join(args.keep) if args.keep else ''}).")
+    if getattr(args, "judges", None):
+        from faceedu.models.judges import judges_for
+
+        root = args.root or json.loads((run / "config.json").read_text()).get("data", Path(args.image).parent)
+        judge = judges_for(root, args.judges, kinds=["attributes"]).require("attributes")
+        before, after = judge.predict(x)[0], judge.predict(edited)[0]
+        for name in edits:
+            if name in judge.attributes:
+                k = judge.index(name)
+                print(f"  the attribute judge reads {name}: {'yes' if before[k] else 'no'} before, "
+                      f"{'yes' if after[k] else 'no'} after")
     return 0
 
 
 def command_latent(args) -> int:
     """`faceedu latent RUN`: the report, printed and written."""
     summary = report(args.run, args.out, args.root, scale=args.scale, faces=args.faces, train_limit=args.train_limit,
-                     figures=not args.no_figures, test_limit=args.test_limit)
+                     figures=not args.no_figures, test_limit=args.test_limit, judges=getattr(args, "judges", None))
     out = Path(args.out) if args.out else Path(args.run) / "latent"
     print((out / "table.md").read_text())
     pair = dict(summary["blond_eyeglasses"])

@@ -284,63 +284,118 @@ def format_table(rows: Sequence[dict[str, Any]] | dict[str, Any], columns: Seque
 
 # --- `faceedu eval` -------------------------------------------------------------------------------------
 
-def evaluate_judges(root: Path | str, weights: Path | str | None = None) -> dict[str, Any]:
+def evaluate_judges(root: Path | str, weights: Path | str | None = None, limit: int | None = None) -> dict[str, Any]:
     """The shipped (or given) judges on the test splits under `root`: attribute accuracy (mean and per
-    attribute), expression accuracy on unseen subjects, identity verification on unseen identities."""
-    from faceedu.models.judges import attribute_accuracy, expression_accuracy, identity_verification, load_judges
+    attribute, each beside its majority baseline), expression accuracy on unseen subjects, identity
+    verification on unseen identities. Also what each judge was trained on ("judges") and, where that is
+    another kind of faces than `root` holds, a warning ("warnings"); a judge whose data is not under `root`
+    (no JAFFE folder, no identity file) is listed in "skipped" with the reason."""
+    from faceedu.data.layout import DatasetError
+    from faceedu.models.judges import (
+        attribute_accuracy, dataset_kind, describe, expression_accuracy, identity_verification, judges_for,
+    )
     from faceedu.train.judge import face_split, jaffe_split
 
-    judges = load_judges(weights)
-    results: dict[str, Any] = {}
+    judges = judges_for(root, weights, verbose=False)
+    results: dict[str, Any] = {"data": {"root": str(Path(root).expanduser().resolve()),
+                                        "faces": dataset_kind(root, "celeba"), "expressions": dataset_kind(root, "jaffe")},
+                               "judges": {k: describe(j) for k in ("attributes", "expression", "identity")
+                                          if (j := getattr(judges, k)) is not None},
+                               "warnings": list(judges.warnings), "skipped": {}}
     if judges.attributes is not None or judges.identity is not None:
-        images, attr, identity, names = face_split(root, "test", None)
-        if judges.attributes is not None:
-            columns = [names.index(n) for n in judges.attributes.attributes]
-            results["attributes"] = attribute_accuracy(judges.attributes, images, attr[:, columns], judges.attributes.attributes)
-        if judges.identity is not None:
-            results["identity"] = identity_verification(judges.identity, images, identity)
+        try:
+            images, attr, identity, names = face_split(root, "test", None, limit=limit)
+        except (DatasetError, FileNotFoundError) as error:
+            images = None
+            for kind in ("attributes", "identity"):
+                if getattr(judges, kind) is not None:
+                    results["skipped"][kind] = f"no CelebA-layout test split under {root}: {str(error).splitlines()[0]}"
+        if images is not None and judges.attributes is not None:
+            known = [n for n in judges.attributes.attributes if n in names]
+            columns = [names.index(n) for n in known]
+            results["attributes"] = attribute_accuracy(judges.attributes, images, attr[:, columns], known)
+        if images is not None and judges.identity is not None:
+            if identity is None:
+                results["skipped"]["identity"] = f"no identity file ({'identity_CelebA.txt'}) under {root}"
+            else:
+                results["identity"] = identity_verification(judges.identity, images, identity)
     if judges.expression is not None:
-        images, labels, codes = jaffe_split(root, "test")
-        results["expression"] = expression_accuracy(judges.expression, images, labels, codes)
+        try:
+            images, labels, codes = jaffe_split(root, "test")
+        except (DatasetError, FileNotFoundError) as error:
+            results["skipped"]["expression"] = f"no JAFFE folder under {root}: {str(error).splitlines()[0]}"
+        else:
+            results["expression"] = expression_accuracy(judges.expression, images, labels, codes)
     return results
 
 
 def judges_table(results: dict[str, Any]) -> str:
-    """The headline figure of each judge, then per-attribute accuracy next to each attribute's positive rate."""
+    """What the judges were trained on, the headline figure of each beside its majority baseline, then
+    per-attribute accuracy next to each attribute's positive rate and majority baseline."""
     rows = []
     if "attributes" in results:
-        rows.append({"judge": "attributes", "figure": "mean attribute accuracy", "value": results["attributes"]["mean_accuracy"]})
+        r = results["attributes"]
+        rows.append({"judge": "attributes", "figure": "mean attribute accuracy", "value": r["mean_accuracy"],
+                     "majority baseline": r.get("mean_majority_baseline", math.nan)})
     if "expression" in results:
-        rows.append({"judge": "expression", "figure": "accuracy, unseen subjects", "value": results["expression"]["accuracy"]})
+        rows.append({"judge": "expression", "figure": "accuracy, unseen subjects", "value": results["expression"]["accuracy"],
+                     "majority baseline": results["expression"].get("majority_baseline", math.nan)})
     if "identity" in results:
         rows.append({"judge": "identity", "figure": "verification accuracy, unseen identities",
-                     "value": results["identity"]["verification_accuracy"]})
-    text = format_table(rows)
+                     "value": results["identity"]["verification_accuracy"], "majority baseline": 0.5})
+    lines = []
+    if "data" in results:
+        lines.append(f"Data: {results['data']['root']} (faces: {results['data']['faces']}, "
+                     f"expressions: {results['data']['expressions']})")
+    lines += [f"  {line}" for line in results.get("judges", {}).values()]
+    lines += results.get("warnings", [])
+    lines += [f"skipped the {kind} judge: {why}" for kind, why in results.get("skipped", {}).items()]
+    text = "\n".join(lines) + ("\n\n" if lines else "") + (format_table(rows) if rows else "no judge could be evaluated")
     if "attributes" in results:
-        per, rate = results["attributes"]["per_attribute"], results["attributes"]["positive_rate"]
-        text += "\n\n" + format_table([{"attribute": n, "accuracy": a, "positive rate": rate[n]} for n, a in per.items()])
+        r = results["attributes"]
+        per, rate, base = r["per_attribute"], r["positive_rate"], r.get("majority_baseline", {})
+        text += "\n\n" + format_table([{"attribute": n, "accuracy": a, "majority baseline": base.get(n, math.nan),
+                                          "above baseline": "yes" if a > base.get(n, 1.0) else "no",
+                                          "positive rate": rate[n]} for n, a in per.items()])
+        if "above_baseline" in r:
+            text += f"\n{r['above_baseline']} of {r['attributes']} attributes above their majority baseline"
     if "expression" in results:
         text += "\n\n" + format_table([{"expression": e, "accuracy": a} for e, a in results["expression"]["per_expression"].items()])
     return text
 
 
 def judges_markdown(results: dict[str, Any]) -> str:
-    """The same figures as markdown tables, for the docs."""
-    lines = ["| judge | figure | value |", "|---|---|---|"]
+    """The same figures as markdown tables, for the docs: which judges, trained on what, judged on what."""
+    lines = []
+    if "data" in results:
+        lines += [f"Judged on `{results['data']['root']}` (faces: {results['data']['faces']}, expressions: "
+                  f"{results['data']['expressions']}). The judges:", ""]
+        lines += [f"- {line}" for line in results.get("judges", {}).values()]
+        lines += [f"- **{w.splitlines()[0]}**" for w in results.get("warnings", [])]
+        lines += [f"- skipped the {kind} judge: {why}" for kind, why in results.get("skipped", {}).items()]
+        lines.append("")
+    lines += ["| judge | figure | value | majority baseline |", "|---|---|---|---|"]
     if "attributes" in results:
-        lines.append(f"| attributes | mean attribute accuracy ({results['attributes']['images']} test faces) | "
-                     f"{results['attributes']['mean_accuracy']:.2%} |")
+        r = results["attributes"]
+        base = f"{r['mean_majority_baseline']:.2%}" if "mean_majority_baseline" in r else "-"
+        lines.append(f"| attributes | mean attribute accuracy ({r['images']} test faces) | {r['mean_accuracy']:.2%} | {base} |")
     if "expression" in results:
-        lines.append(f"| expression | accuracy on unseen subjects ({results['expression']['images']} images) | "
-                     f"{results['expression']['accuracy']:.2%} |")
+        r = results["expression"]
+        base = f"{r['majority_baseline']:.2%}" if "majority_baseline" in r else "-"
+        lines.append(f"| expression | accuracy on unseen subjects ({r['images']} images) | {r['accuracy']:.2%} | {base} |")
     if "identity" in results:
         r = results["identity"]
         lines.append(f"| identity | verification accuracy, {r['pairs']} pairs of {r['identities']} unseen identities "
-                     f"(threshold {r['threshold']:.3f} from the validation split) | {r['verification_accuracy']:.2%} |")
+                     f"(threshold {r['threshold']:.3f} from the validation split) | {r['verification_accuracy']:.2%} | 50.00% |")
     if "attributes" in results:
-        per, rate = results["attributes"]["per_attribute"], results["attributes"]["positive_rate"]
-        lines += ["", "| attribute | accuracy | positive rate |", "|---|---|---|"]
-        lines += [f"| {n} | {a:.2%} | {rate[n]:.1%} |" for n, a in per.items()]
+        r = results["attributes"]
+        per, rate, base = r["per_attribute"], r["positive_rate"], r.get("majority_baseline", {})
+        lines += ["", "| attribute | accuracy | majority baseline | positive rate |", "|---|---|---|---|"]
+        lines += [f"| {n} | {a:.2%} | {base[n]:.2%} | {rate[n]:.1%} |" if n in base else f"| {n} | {a:.2%} | - | {rate[n]:.1%} |"
+                  for n, a in per.items()]
+        if "above_baseline" in r:
+            lines += ["", f"{r['above_baseline']} of {r['attributes']} attributes above their majority baseline "
+                          f"(the accuracy of always answering the attribute's commoner value)."]
     if "expression" in results:
         lines += ["", "| expression | " + " | ".join(results["expression"]["per_expression"]) + " |",
                   "|---|" + "---|" * len(results["expression"]["per_expression"]),
@@ -350,7 +405,9 @@ def judges_markdown(results: dict[str, Any]) -> str:
 
 def run_eval(args) -> int:
     """`faceedu eval judges`: print the table, optionally write JSON and markdown."""
-    results = evaluate_judges(args.root, args.weights)
+    judges = getattr(args, "judges", None) or getattr(args, "weights", None)
+    limit = getattr(args, "limit", None)
+    results = evaluate_judges(args.root, judges) if limit is None else evaluate_judges(args.root, judges, limit=limit)
     print(judges_table(results))
     if getattr(args, "markdown", None):
         Path(args.markdown).write_text(judges_markdown(results))

@@ -21,11 +21,19 @@ test-split figures (`faceedu eval judges` prints them again):
 
 Another thread count gives slightly different weights (floating-point summation order), not other figures.
 
-On real data (`--data celeba` / `--data jaffe`) the same command trains judges for that data.
+On real data the same command trains judges for that data: `--data celeba` the attribute judge on
+CelebA (no identity file needed), `--data jaffe` the expression judge on JAFFE (subject-disjoint split),
+and `--kind identity` on either the identity judge from dlib's 128-D face embedding (`faces` extra), its
+threshold chosen from the data. Every judge records what it was trained on (`trained_on` in its meta:
+dataset kind, root, fingerprint, date, command); `judges_for(root)` loads judges for a data folder and
+warns, with the command that trains the right ones, when they were trained on another kind of faces.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -176,6 +184,49 @@ class IdentityJudge(Judge):
     def same(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.similarity(a, b) > self.threshold
 
+    @staticmethod
+    def pair_similarity(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """Similarity (N,) of two rows of embeddings (N, D): their cosine (the embeddings are unit vectors)."""
+        return (first * second).sum(1)
+
+
+class DlibIdentityJudge(nn.Module):
+    """The identity judge for photographs: dlib's pretrained 128-D face-recognition embedding (a ResNet that
+    dlib trained on about three million faces; the optional `faces` extra). Nothing is trained here: only its
+    same-person threshold is chosen from the data (`train judge --kind identity` on real faces). Similarity is
+    minus the Euclidean distance of the descriptors, the way dlib measures it (its customary cut is 0.6)."""
+
+    kind = "identity"
+    engine = "dlib"
+    channels = 3
+
+    def __init__(self, threshold: float = -0.6, meta: dict | None = None):
+        super().__init__()
+        from faceedu.models.faces import DlibFaces
+
+        self.faces = DlibFaces()
+        self.threshold = threshold
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)  # so callers can ask for its device
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 1|3, H, W) in [0, 1] (or uint8) -> (N, 128) dlib descriptors."""
+        images = images.float().div(255) if images.dtype == torch.uint8 else images.float()
+        return self.faces.embed(images.cpu()).to(self.anchor.device)
+
+    @staticmethod
+    def pair_similarity(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """Minus the Euclidean distance of two rows of descriptors (N,): higher is more alike."""
+        return -(first - second).norm(dim=1)
+
+    @torch.no_grad()
+    def similarity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.pair_similarity(self(a), self(b))
+
+    @torch.no_grad()
+    def same(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.similarity(a, b) > self.threshold
+
 
 class CosFaceHead(nn.Module):
     """Training-only classifier over identities on the unit sphere: logits s*(cos - m) for the true class
@@ -193,9 +244,9 @@ class CosFaceHead(nn.Module):
 
 # --- saving and loading ---------------------------------------------------------------------------------
 
-def export_judge(judge: Judge, path: Path | str) -> Path:
+def export_judge(judge: Judge | DlibIdentityJudge, path: Path | str) -> Path:
     """Write a judge's weights (float16, a few hundred kB) and metadata; `torch.load(weights_only=True)` reads it."""
-    state = {k: v.half() if v.is_floating_point() else v for k, v in judge.state_dict().items()}
+    state = {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in judge.state_dict().items()}
     info = {"kind": judge.kind, "meta": judge.meta, "state_dict": state}
     if isinstance(judge, AttributeJudge):
         info["attributes"] = judge.attributes
@@ -203,6 +254,9 @@ def export_judge(judge: Judge, path: Path | str) -> Path:
         info["expressions"] = judge.expressions
     elif isinstance(judge, IdentityJudge):
         info["dim"], info["threshold"] = judge.head.out_features, judge.threshold
+    elif isinstance(judge, DlibIdentityJudge):
+        info["engine"], info["threshold"], info["state_dict"] = "dlib", judge.threshold, {}
+    info["meta"] = judge.meta | {"state_sha256": state_digest(info["state_dict"])}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -223,6 +277,8 @@ def load_judge(path: Path | str, device: torch.device | str = "cpu") -> Judge:
         judge: Judge = AttributeJudge(info["attributes"], info["meta"])
     elif kind == "expression":
         judge = ExpressionJudge(info["expressions"], info["meta"])
+    elif kind == "identity" and info.get("engine") == "dlib":
+        return DlibIdentityJudge(info["threshold"], info["meta"]).to(device).eval()
     elif kind == "identity":
         judge = IdentityJudge(info["dim"], info["threshold"], info["meta"])
     else:
@@ -231,14 +287,44 @@ def load_judge(path: Path | str, device: torch.device | str = "cpu") -> Judge:
     return judge.to(device).eval()
 
 
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a saved state dict's tensors (names, dtypes, shapes and bytes, in name order): the same
+    weights give the same digest whatever device or file they come from."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def add_provenance(path: Path | str, trained_on: dict) -> Path:
+    """Write `trained_on` into the meta of a saved judge file, leaving its weights byte for byte as they are
+    (moved to the CPU): how the shipped SynthFaces judges gained their provenance without retraining."""
+    path = Path(path)
+    info = torch.load(path, map_location="cpu", weights_only=True)
+    before = state_digest(info["state_dict"])
+    info["meta"] = dict(info["meta"]) | {"trained_on": trained_on, "state_sha256": before}
+    tmp = path.with_suffix(".tmp")
+    torch.save(info, tmp)
+    assert state_digest(torch.load(tmp, map_location="cpu", weights_only=True)["state_dict"]) == before
+    tmp.replace(path)
+    return path
+
+
 @dataclass
 class Judges:
     """The three referees together; `None` where no weights were found."""
 
     attributes: AttributeJudge | None = None
     expression: ExpressionJudge | None = None
-    identity: IdentityJudge | None = None
+    identity: IdentityJudge | DlibIdentityJudge | None = None
     paths: dict[str, Path] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def describe(self) -> list[str]:
+        """One line per loaded judge naming what it was trained on."""
+        return [describe(j) for j in (self.attributes, self.expression, self.identity) if j is not None]
 
     def require(self, kind: str) -> Judge:
         judge = getattr(self, kind)
@@ -250,14 +336,152 @@ class Judges:
 def load_judges(folder: Path | str | None = None, device: torch.device | str = "cpu",
                 kinds: Sequence[str] = tuple(WEIGHT_FILES)) -> Judges:
     """The judges whose weights are in `folder` (default: the ones shipped in the package)."""
-    folder = Path(folder) if folder is not None else WEIGHTS_DIR
+    folder = Path(folder).expanduser() if folder is not None else WEIGHTS_DIR
+    if not folder.is_dir():
+        raise FileNotFoundError(f"No judges folder {folder}: pass the folder that holds judge_*.pt (a run of "
+                                f"`faceedu train judge`, or {WEIGHTS_DIR} for the shipped SynthFaces judges).")
     judges = Judges()
     for kind in kinds:
         path = folder / WEIGHT_FILES[kind]
+        if not path.is_file():  # a `faceedu train judge` run folder keeps each judge in its own subfolder
+            path = folder / kind / WEIGHT_FILES[kind]
         if path.is_file():
             setattr(judges, kind, load_judge(path, device))
             judges.paths[kind] = path
     return judges
+
+
+# --- provenance: what a judge was trained on, and whether it fits the faces it judges ------------------
+
+DATASET_NAMES = {"synthfaces": "SynthFaces", "celeba": "CelebA", "jaffe": "JAFFE", "celebamask-hq": "CelebAMask-HQ"}
+# What data each judge reads: the attribute and identity judges CelebA-layout faces, the expression judge JAFFE.
+JUDGE_DATA = {"attributes": "celeba", "identity": "celeba", "expression": "jaffe"}
+LEGACY_DATA = {"synth": "synthfaces", "celeba": "celeba", "jaffe": "jaffe"}
+
+
+def synthfaces_marker(root: Path | str) -> Path | None:
+    """SynthFaces' synthfaces.json for a data folder given as ROOT or as one of its dataset folders
+    (ROOT/celeba, ROOT/jaffe), or None: real data has no such file."""
+    root = Path(root).expanduser().resolve()
+    for folder in (root, root.parent):
+        if (folder / "synthfaces.json").is_file():
+            return folder / "synthfaces.json"
+    return None
+
+
+def dataset_kind(root: Path | str, family: str = "celeba") -> str:
+    """"synthfaces" when `root` is SynthFaces (its synthfaces.json marker), else `family` ("celeba", "jaffe",
+    "celebamask-hq"): the kind of faces a folder holds, as judges record it."""
+    return "synthfaces" if synthfaces_marker(root) is not None else family
+
+
+def _hash_files(paths: Sequence[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def data_fingerprint(root: Path | str, family: str = "celeba") -> str:
+    """A short fingerprint of a data folder's content, stable across copies and machines: SynthFaces' renderer
+    and config; CelebA's attribute and partition files; JAFFE's file names and sizes."""
+    marker = synthfaces_marker(root)
+    if marker is not None:
+        saved = json.loads(marker.read_text())
+        config = {k: v for k, v in saved.get("config", {}).items() if k != "workers"}
+        key = json.dumps({"renderer": saved.get("renderer"), "config": config}, sort_keys=True)
+        return "synthfaces-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    root = Path(root).expanduser()
+    if family == "jaffe":
+        folder = root / "jaffe" if (root / "jaffe").is_dir() else root
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+        key = "\n".join(f"{p.name} {p.stat().st_size}" for p in files)
+        return "jaffe-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    folder = root / "celeba" if (root / "celeba").is_dir() else root
+    files = sorted(p for p in folder.glob("list_*") if p.stem in ("list_attr_celeba", "list_eval_partition"))
+    return f"{family}-" + (_hash_files(files) if files else "unknown")
+
+
+def provenance(root: Path | str, family: str, command: str, images: int | None = None,
+               split: str = "train") -> dict[str, Any]:
+    """What a judge records about its training data: dataset kind, absolute root, fingerprint, split and size,
+    date (UTC) and the command that trained it."""
+    return {"dataset": dataset_kind(root, family), "root": str(Path(root).expanduser().resolve()),
+            "fingerprint": data_fingerprint(root, family), "split": split, "images": images,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "command": command}
+
+
+def trained_on(judge) -> dict[str, Any]:
+    """The judge's recorded training data; older files only said meta["data"] ("synth" or "celeba")."""
+    meta = judge.meta if isinstance(getattr(judge, "meta", None), dict) else {}
+    if "trained_on" in meta:
+        return meta["trained_on"]
+    legacy = meta.get("data")
+    return {"dataset": LEGACY_DATA.get(legacy, "unknown") if legacy else "unknown", "command": meta.get("command")}
+
+
+def describe(judge) -> str:
+    """One line naming what a judge was trained on, for every report that uses it."""
+    info = trained_on(judge)
+    name = DATASET_NAMES.get(info.get("dataset"), info.get("dataset", "unknown data"))
+    parts = [f"{judge.kind} judge{' (dlib 128-D embedding)' if getattr(judge, 'engine', None) == 'dlib' else ''}: "
+             f"trained on {name}"]
+    if info.get("images"):
+        parts.append(f"{info['images']:,} {info.get('split', 'train')} images")
+    if info.get("fingerprint"):
+        parts.append(f"data {info['fingerprint']}")
+    if info.get("date"):
+        parts.append(f"on {info['date']}")
+    line = parts[0] + (f" ({', '.join(parts[1:])})" if len(parts) > 1 else "")
+    return line + (f" by `{info['command']}`" if info.get("command") else "")
+
+
+def train_command(kind: str, family: str, root: Path | str) -> str:
+    """The command that trains a `kind` judge on the data of `family` under `root`."""
+    root = Path(root).expanduser().resolve()
+    if family == "synthfaces":
+        return f"faceedu train judge --kind {kind} --root {root} --run runs/judges-synthfaces"
+    data = "jaffe" if family == "jaffe" else "celeba"
+    return f"faceedu train judge --data {data} --kind {kind} --root {root} --run runs/judges-{data}"
+
+
+def provenance_warning(judge, root: Path | str, family: str | None = None) -> str | None:
+    """A plain warning when `judge` was trained on another kind of faces than those under `root` (e.g. the
+    shipped SynthFaces judges on real CelebA photographs), with the command that trains the right ones."""
+    family = family or JUDGE_DATA[judge.kind]
+    data = dataset_kind(root, family)
+    trained = trained_on(judge).get("dataset", "unknown")
+    if trained == data:
+        return None
+    name = lambda kind: DATASET_NAMES.get(kind, kind)  # noqa: E731
+    command = train_command(judge.kind, data, root)
+    why = (" (the SynthFaces judges fall below the majority baseline on real photographs)"
+           if trained == "synthfaces" else "")
+    return (f"WARNING: the {judge.kind} judge was trained on {name(trained)}, but {root} holds {name(data)} faces: "
+            f"its judgements there are not to be trusted{why}. Train {judge.kind} judges for this data with\n"
+            f"    {command}\n"
+            f"and pass --judges {command.rsplit('--run ', 1)[1]} (in Python: judges_for(root, judges=...)).")
+
+
+def judges_for(root: Path | str, judges: Path | str | None = None, kinds: Sequence[str] = tuple(WEIGHT_FILES),
+               device: torch.device | str = "cpu", verbose: bool = True) -> Judges:
+    """The judges in folder `judges` (default: the shipped SynthFaces ones) for judging the faces under `root`:
+    prints what each was trained on and, when that is another kind of faces than `root` holds, a warning
+    with the command that trains the right ones. What the lessons and every judging command call."""
+    loaded = load_judges(judges, device, kinds)
+    loaded.warnings = []
+    for kind in kinds:
+        judge = getattr(loaded, kind)
+        if judge is None:
+            continue
+        warning = provenance_warning(judge, root)
+        if warning:
+            loaded.warnings.append(warning)
+        if verbose:
+            print(describe(judge))
+            if warning:
+                print(warning)
+    return loaded
 
 
 # --- how good they are ----------------------------------------------------------------------------------
@@ -276,9 +500,13 @@ def attribute_accuracy(judge: AttributeJudge, images: torch.Tensor, attr: torch.
     predicted = (_batched(judge, images)[:, columns] > 0).float()
     correct = (predicted == attr).float().mean(0)
     positives = attr.float().mean(0)
+    majority = torch.maximum(positives, 1 - positives)  # "always answer the commoner value"
     return {"mean_accuracy": float(correct.mean()), "images": len(images),
             "per_attribute": {n: float(c) for n, c in zip(names, correct)},
-            "positive_rate": {n: float(p) for n, p in zip(names, positives)}}
+            "positive_rate": {n: float(p) for n, p in zip(names, positives)},
+            "majority_baseline": {n: float(m) for n, m in zip(names, majority)},
+            "mean_majority_baseline": float(majority.mean()),
+            "above_baseline": int((correct > majority).sum()), "attributes": len(names)}
 
 
 def expression_accuracy(judge: ExpressionJudge, images: torch.Tensor, labels: torch.Tensor,
@@ -289,8 +517,10 @@ def expression_accuracy(judge: ExpressionJudge, images: torch.Tensor, labels: to
     per = {e: float((predicted[labels == i] == i).float().mean()) for i, e in enumerate(expressions) if (labels == i).any()}
     confusion = torch.zeros(len(expressions), len(expressions), dtype=torch.long)
     confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
+    counts = torch.bincount(labels, minlength=len(expressions))
     return {"accuracy": float((predicted == labels).float().mean()), "images": len(images),
-            "per_expression": per, "confusion": confusion.tolist()}
+            "per_expression": per, "confusion": confusion.tolist(),
+            "majority_baseline": float(counts.max() / counts.sum())}
 
 
 def verification_pairs(identity: torch.Tensor, pairs: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -328,16 +558,16 @@ def best_threshold(similarity: torch.Tensor, same: torch.Tensor) -> float:
 
 
 def identity_verification(judge: IdentityJudge, images: torch.Tensor, identity: torch.Tensor, pairs: int = 3000,
-                          seed: int = 0, threshold: float | None = None) -> dict:
+                          seed: int = 0, threshold: float | None = None, embeddings: torch.Tensor | None = None) -> dict:
     """Verification accuracy on balanced held-out pairs at `threshold` (default: the judge's own), plus the
     mean cosine of same-person and different-person pairs and the best threshold on these very pairs."""
     first, second, same = verification_pairs(identity, pairs, seed)
-    embeddings = _batched(judge, images)
-    similarity = (embeddings[first] * embeddings[second]).sum(1)
+    embeddings = _batched(judge, images) if embeddings is None else embeddings  # (N, D), given: computed once
+    similarity = judge.pair_similarity(embeddings[first], embeddings[second])
     threshold = judge.threshold if threshold is None else threshold
     accuracy = float(((similarity > threshold).float() == same).float().mean())
     return {"verification_accuracy": accuracy, "threshold": threshold, "pairs": len(same),
             "identities": int(identity.unique().numel()),
             "mean_cosine_same": float(similarity[same == 1].mean()),
             "mean_cosine_different": float(similarity[same == 0].mean()),
-            "oracle_threshold": best_threshold(similarity, same)}
+            "oracle_threshold": best_threshold(similarity, same), "majority_baseline": 0.5}

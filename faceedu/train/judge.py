@@ -3,7 +3,14 @@ figures, written into the exported weights so that `faceedu eval judges` and the
 
     faceedu train judge --kind all --root datasets/synthfaces --run runs/judges --export faceedu/weights
 
-reproduces the weights shipped in `faceedu/weights/` (see `faceedu.models.judges`).
+reproduces the weights shipped in `faceedu/weights/` (see `faceedu.models.judges`). On real photographs,
+one command per referee:
+
+    faceedu train judge --data celeba --kind attributes --root CELEBA_ROOT --run runs/judges-celeba
+    faceedu train judge --data jaffe --kind expression --root JAFFE_ROOT --run runs/judges-jaffe
+    faceedu train judge --data jaffe --kind identity --root JAFFE_ROOT --run runs/judges-jaffe   (dlib, `faces` extra)
+
+Every exported judge records what it was trained on (`meta["trained_on"]`).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from torch.utils.data import Dataset
 
 from faceedu.models.judges import (
     WEIGHT_FILES,
+    DlibIdentityJudge,
+    provenance,
     AttributeJudge,
     CosFaceHead,
     ExpressionJudge,
@@ -91,7 +100,7 @@ def face_split(root: Path | str, split: str, attributes: list[str] | None = None
     data = load_face_tensors(root, split, size=64, masks=False, limit=limit)
     names = attributes or data.attr_names
     columns = [data.attr_names.index(n) for n in names]
-    return data.images, data.attr[:, columns].float(), data.identity, names
+    return data.images, data.attr[:, columns].float(), getattr(data, "identity", None), names
 
 
 def jaffe_split(root: Path | str, split: str, size: int = 64) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -199,9 +208,10 @@ def _loop_config(config: JudgeConfig, loop: dict) -> LoopConfig:
     return LoopConfig(steps=config.steps, batch_size=config.batch_size, **loop)
 
 
-def train_attributes(root, run_dir: Path, config: JudgeConfig, loop: dict, data: str) -> tuple[AttributeJudge, dict]:
-    images, attr, _, names = face_split(root, "train", default_attributes(root))
-    judge = AttributeJudge(names, {"data": data})
+def train_attributes(root, run_dir: Path, config: JudgeConfig, loop: dict, data: str,
+                     limit: int | None = None) -> tuple[AttributeJudge, dict]:
+    images, attr, _, names = face_split(root, "train", default_attributes(root), limit=limit)
+    judge = AttributeJudge(names, {"data": data, "trained_on": provenance(root, "celeba", "", len(images))})
     summary = train(AttributeTask(judge, config), Items(images, attr), run_dir, _loop_config(config, loop),
                     describe={"judge": "attributes", "config": asdict(config)})
     judge.eval()
@@ -210,9 +220,11 @@ def train_attributes(root, run_dir: Path, config: JudgeConfig, loop: dict, data:
     return judge, judge.meta["test"]
 
 
-def train_expression(root, run_dir: Path, config: JudgeConfig, loop: dict, data: str) -> tuple[ExpressionJudge, dict]:
+def train_expression(root, run_dir: Path, config: JudgeConfig, loop: dict, data: str,
+                     limit: int | None = None) -> tuple[ExpressionJudge, dict]:
     images, labels, codes = jaffe_split(root, "train")
-    judge = ExpressionJudge(codes, {"data": data})
+    judge = ExpressionJudge(codes, {"data": data, "trained_on": provenance(root, "jaffe", "", len(images))})
+    judge.meta["trained_on"]["subjects"] = _jaffe_subjects(root)
     summary = train(ExpressionTask(judge, config), Items(images, labels), run_dir, _loop_config(config, loop),
                     describe={"judge": "expression", "config": asdict(config)})
     judge.eval()
@@ -221,11 +233,26 @@ def train_expression(root, run_dir: Path, config: JudgeConfig, loop: dict, data:
     return judge, judge.meta["test"]
 
 
+def _jaffe_subjects(root) -> dict[str, list[str]]:
+    """Which subjects trained and which tested the expression judge (JAFFE's split is subject-disjoint)."""
+    from faceedu.data.jaffe import JAFFE
+
+    train_subjects, test_subjects = JAFFE(root, split="train").subjects, JAFFE(root, split="test").subjects
+    assert not set(train_subjects) & set(test_subjects), "JAFFE's splits must be subject-disjoint"
+    return {"train": list(train_subjects), "test": list(test_subjects)}
+
+
 def train_identity(root, run_dir: Path, config: JudgeConfig, loop: dict, data: str,
-                   attributes: Path | None = None) -> tuple[IdentityJudge, dict]:
-    images, _, identity, _ = face_split(root, "train")
+                   attributes: Path | None = None, limit: int | None = None) -> tuple[IdentityJudge, dict]:
+    if data == "jaffe" or (data == "celeba" and default_attributes(root) is None):  # photographs: dlib
+        return calibrate_dlib_identity(root, run_dir, data)
+    images, _, identity, _ = face_split(root, "train", limit=limit)
+    if identity is None:
+        raise FileNotFoundError(f"The identity judge trains on identities, but {root} has no identity_CelebA.txt. "
+                                "On real photographs use dlib's embedding: --data celeba|jaffe --kind identity.")
     ids, labels = torch.unique(identity, return_inverse=True)
-    judge = IdentityJudge(config.embedding_dim, meta={"data": data})
+    judge = IdentityJudge(config.embedding_dim, meta={"data": data,
+                                                      "trained_on": provenance(root, "celeba", "", len(images))})
     if config.init_from_attributes:
         if attributes is None or not attributes.is_file():
             raise FileNotFoundError(f"The identity judge starts from the attribute judge, but {attributes} is missing: "
@@ -246,6 +273,50 @@ def train_identity(root, run_dir: Path, config: JudgeConfig, loop: dict, data: s
     return judge, judge.meta["test"]
 
 
+def identity_faces(root, data: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images float (N, C, H, W) in [0, 1], person (N,)) for choosing and testing a verification threshold:
+    JAFFE's subjects (train / test subjects: disjoint), or CelebA's identities (valid / test split)."""
+    if data == "jaffe":
+        from faceedu.data.jaffe import JAFFE
+
+        images, _, _ = jaffe_split(root, split, size=128)
+        subjects = JAFFE(root, split=split, target_type="subject")
+        person = torch.tensor([subjects.subjects.index(s.subject) for s in subjects.samples])
+        return images, person
+    images, _, identity, _ = face_split(root, "valid" if split == "train" else split)
+    if identity is None:
+        raise FileNotFoundError(f"Verification needs to know who is who, and {root} has no identity_CelebA.txt. "
+                                "Give it the identity file, or calibrate on JAFFE: --data jaffe --kind identity.")
+    return images.float().div(255), identity
+
+
+def calibrate_dlib_identity(root, run_dir: Path, data: str, pairs: int = 1000) -> tuple[DlibIdentityJudge, dict]:
+    """The identity judge for photographs: dlib's 128-D embedding, nothing trained; its same-person threshold
+    is the one with the best verification accuracy on balanced pairs of the first split (JAFFE's training
+    subjects; CelebA's validation identities), and its accuracy is measured on the other (unseen people)."""
+    start = time.perf_counter()
+    judge = DlibIdentityJudge(meta={"data": data})
+    images, person = identity_faces(root, data, "train")
+    first, second, same = verification_pairs(person, pairs, seed=1)
+    embeddings = _batched(judge, images, batch=64)
+    judge.threshold = best_threshold(judge.pair_similarity(embeddings[first], embeddings[second]), same)
+    test_images, test_person = identity_faces(root, data, "test")
+    test_embeddings = _batched(judge, test_images, batch=64)
+    seconds = time.perf_counter() - start
+    measure = lambda **kw: identity_verification(judge, test_images, test_person, pairs=pairs,  # noqa: E731
+                                                 embeddings=test_embeddings, **kw)
+    judge.meta |= {"trained_on": provenance(root, data, "", len(images), split="train" if data == "jaffe" else "valid"),
+                   "test": measure(),
+                   "threshold_from": f"{'training subjects' if data == 'jaffe' else 'valid split'}, {pairs}+{pairs} pairs",
+                   "dlib_default_threshold_accuracy": measure(threshold=-0.6)["verification_accuracy"],
+                   "train": {"steps": 0, "seconds": round(seconds, 1),
+                             "images_per_s": round((len(images) + len(test_images)) / seconds, 1), "device": "cpu"}}
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    print(f"identity (dlib): threshold {judge.threshold:.3f} (minus distance) from {len(images)} images; "
+          f"{judge.meta['train']['images_per_s']:.0f} images/s")
+    return judge, judge.meta["test"]
+
+
 def _train_summary(summary: dict) -> dict:
     return {k: summary[k] for k in ("steps", "seconds", "images_per_s", "device")}
 
@@ -253,40 +324,61 @@ def _train_summary(summary: dict) -> dict:
 TRAINERS = {"attributes": train_attributes, "expression": train_expression, "identity": train_identity}
 
 
-def train_judges(root: Path | str, run_dir: Path | str, kinds: list[str], preset: str = "quick",
+DEFAULT_KINDS = {"synth": list(KINDS), "celeba": ["attributes"], "jaffe": ["expression"]}
+
+
+def train_judges(root: Path | str, run_dir: Path | str, kinds: list[str] | None, preset: str = "quick",
                  overrides: dict[str, Any] | None = None, loop: dict | None = None, export: Path | str | None = None,
-                 data: str = "synth") -> dict[str, dict]:
-    """Train the judges in `kinds` on the data under `root`; export each to `export` (default: its run folder).
-    `overrides` replaces JudgeConfig fields for every kind; returns each judge's test-split figures."""
+                 data: str = "synth", limit: int | None = None) -> dict[str, dict]:
+    """Train the judges in `kinds` (default: those `data` can train) on the data under `root`; export each to
+    `export` (default: its run folder) with what it was trained on. `overrides` replaces JudgeConfig fields for
+    every kind; `limit` trains on the first N training faces; returns each judge's test-split figures."""
+    if data == "synth" and default_attributes(root) is None:
+        print(f"Note: {root} has no synthfaces.json, so it is not SynthFaces: training on it as real data "
+              f"(--data celeba).")
+        data = "celeba"
+    kinds = list(kinds or DEFAULT_KINDS[data])
+    if data == "jaffe" and "attributes" in kinds:
+        raise SystemExit("faceedu train judge: JAFFE has no attribute labels; train the attribute judge with --data celeba.")
+    if data == "celeba" and "expression" in kinds and default_attributes(root) is None:
+        raise SystemExit("faceedu train judge: the expression judge trains on JAFFE: --data jaffe --root JAFFE_ROOT.")
     loop = {"sample_every": 500, "checkpoint_every": 500, "log_every": 25} | (loop or {})
     results = {}
+    command = _command(root, kinds, preset, overrides, data, limit)
     for kind in kinds:
         config = replace(PRESETS[preset][kind], **{k: v for k, v in (overrides or {}).items() if v is not None})
         run = Path(run_dir) / kind
         start = time.perf_counter()
         extra = {"attributes": Path(export or Path(run_dir) / "attributes") / WEIGHT_FILES["attributes"]} if kind == "identity" else {}
-        judge, figures = TRAINERS[kind](root, run, config, loop, data, **extra)
-        judge.meta |= {"preset": preset, "config": asdict(config), "command": _command(root, kinds, preset, overrides)}
+        judge, figures = TRAINERS[kind](root, run, config, loop, data, limit=limit, **extra)
+        judge.meta |= {"preset": preset, "config": asdict(config), "command": command}
+        judge.meta["trained_on"]["command"] = command
         target = Path(export or run) / WEIGHT_FILES[kind]
         export_judge(judge, target)
         results[kind] = figures
         print(f"{kind} judge: {headline(kind, figures)} on the test split ({time.perf_counter() - start:.0f} s) -> {target}")
     (Path(run_dir) / "judges.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"Judge with them: --judges {export or run_dir}")
     return results
 
 
-def _command(root, kinds, preset, overrides) -> str:
+def _command(root, kinds, preset, overrides, data: str = "synth", limit: int | None = None) -> str:
     flags = "".join(" --no-init" if k == "init_from_attributes" else f" --{k.replace('_', '-')} {v}"
                     for k, v in (overrides or {}).items() if v is not None)
     kind = "all" if list(kinds) == list(KINDS) else ",".join(kinds)
-    return f"faceedu train judge --kind {kind} --root {root} --preset {preset}{flags}"
+    data_flag = "" if data == "synth" else f" --data {data}"
+    limit_flag = "" if limit is None else f" --train-limit {limit}"
+    return f"faceedu train judge{data_flag} --kind {kind} --root {root} --preset {preset}{flags}{limit_flag}"
 
 
 def headline(kind: str, figures: dict) -> str:
     if kind == "attributes":
-        return f"mean attribute accuracy {figures['mean_accuracy']:.2%}"
+        base = f" (majority baseline {figures['mean_majority_baseline']:.2%}; {figures['above_baseline']} of " \
+               f"{figures['attributes']} attributes above theirs)" if "mean_majority_baseline" in figures else ""
+        return f"mean attribute accuracy {figures['mean_accuracy']:.2%}{base}"
     if kind == "expression":
-        return f"expression accuracy {figures['accuracy']:.2%} (unseen subjects)"
+        base = f", majority baseline {figures['majority_baseline']:.2%}" if "majority_baseline" in figures else ""
+        return f"expression accuracy {figures['accuracy']:.2%} (unseen subjects{base})"
     return f"verification accuracy {figures['verification_accuracy']:.2%} (unseen identities, threshold {figures['threshold']:.3f})"
 
 
