@@ -24,20 +24,33 @@ from faceedu.train.loop import CHECKPOINT, LoopConfig, train
 class AttributeFaces(Dataset):
     """Faces with the chosen attributes only: items {"image": (3, S, S) in [0, 1], "attr": (k,) of 0/1}."""
 
-    def __init__(self, faces: Any, attrs: tuple[str, ...]):
+    def __init__(self, faces: Any, attrs: tuple[str, ...], balance: bool = False, seed: int = 0):
         self.faces, self.attrs = faces, tuple(attrs)
         self.columns = [faces.attr_names.index(a) for a in attrs]
         self.attr = faces.attr[:, self.columns].float()
+        self.order = balanced_order(self.attr, seed) if balance else None
 
     def __len__(self) -> int:
         return len(self.faces)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        index = int(self.order[index]) if self.order is not None else index
         return {"image": self.faces.images[index].float().div(255), "attr": self.attr[index]}
 
     def images(self, limit: int | None = None) -> torch.Tensor:
-        """(N, 3, S, S) floats in [0, 1], the first `limit`."""
+        """(N, 3, S, S) floats in [0, 1], the first `limit` of the split as it is (never resampled)."""
         return self.faces.images[:limit].float().div(255)
+
+
+def balanced_order(attr: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """(N,) indices drawn so that every attribute combination present in `attr` (N, k) fills an equal share
+    (rare ones repeated, common ones subsampled), in a fixed order: an epoch stays N items."""
+    g = torch.Generator().manual_seed(seed)
+    codes = (attr.long() * (2 ** torch.arange(attr.shape[1]))).sum(1)
+    groups = [torch.nonzero(codes == c).flatten() for c in codes.unique()]
+    share = -(-len(attr) // len(groups))
+    picks = [group[torch.randint(0, len(group), (share,), generator=g)] for group in groups]
+    return torch.cat(picks)[torch.randperm(share * len(groups), generator=g)][:len(attr)]
 
 
 def check_attributes(attrs: tuple[str, ...] | list[str], names: list[str], attr: torch.Tensor,
@@ -65,7 +78,7 @@ def load_data(root: Path | str, split: str, config: CGANConfig, limit: int | Non
 
     faces = load_face_tensors(root, split=split, size=config.image_size, masks=False, crop="center", limit=limit)
     check_attributes(config.attrs, faces.attr_names, faces.attr, f"the {split} split under {root}")
-    return AttributeFaces(faces, config.attrs)
+    return AttributeFaces(faces, config.attrs, balance=config.balance and split == "train")
 
 
 # --- the task -------------------------------------------------------------------------------------------
@@ -188,7 +201,7 @@ def evaluate_cgan(G: Generator, attrs: tuple[str, ...], real: torch.Tensor, per_
         seen = judge.predict(faces)[:, columns]                    # (N, k) 0/1
         agree = (seen == y).float()
         rows.append({"attributes": {a: int(v) for a, v in zip(attrs, y.tolist())},
-                     "agreement": float(agree.all(1).mean()),
+                     "agreement": float(agree.all(1).float().mean()),
                      "per_attribute": {a: float(agree[:, i].mean()) for i, a in enumerate(attrs)}})
         generated.append(faces)
     mixed = torch.cat(generated)[torch.randperm(len(combos) * per_combination, generator=torch.Generator().manual_seed(seed))]
