@@ -244,8 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser_cmd.set_defaults(func=_train_parser)
 
     vae = train_commands.add_parser("vae", help="the face VAE with a mask decoder (Toledo & Antonelo 2021)")
-    vae.add_argument("--preset", choices=["quick", "full", "poster"], default="quick",
-                     help="quick: 64x64 SynthFaces on a CPU; full: the paper (144x144); poster: latent 2048")
+    vae.add_argument("--compile", default=None, choices=["default", "reduce-overhead", "max-autotune"],
+                     help="torch.compile the step; reduce-overhead adds CUDA graphs (GPU, batch 32)")
+    vae.add_argument("--preset", choices=["quick", "full", "full-large-batch", "poster"], default="quick",
+                     help="quick: 64x64 SynthFaces on a CPU; full: the paper (144x144); full-large-batch: the paper's schedule at batch 256 for a GPU; poster: latent 2048")
     vae.add_argument("--data", choices=["synth", "celeba"], default="synth", help="what --root holds")
     vae.add_argument("--root", type=Path, default=DEFAULT_SYNTH_ROOT)
     vae.add_argument("--run", type=Path, default=None, help="run folder (default runs/vae-PRESET; resumes)")

@@ -193,3 +193,16 @@ def test_ablation_runs_every_case_and_writes_the_table(tmp_path, synth_root):
     table = (tmp_path / "ablation.md").read_text()
     assert table.count("\n| ") == 10 and "0.307" in table            # 10 rows; the paper's best row quoted
     assert (tmp_path / "comparison.png").stat().st_size > 5000
+
+
+def test_the_large_batch_gpu_preset_translates_the_paper_schedule():
+    """full-large-batch: 8x the batch, lr and its floor x sqrt(8), the same epochs, so the decay falls at the
+    same epochs (after 8x fewer steps); the model itself is the paper's."""
+    full, large = PRESETS["full"], PRESETS["full-large-batch"]
+    assert large.batch_size == 8 * full.batch_size
+    assert large.lr == pytest.approx(full.lr * 8 ** 0.5) and large.lr_min == pytest.approx(full.lr_min * 8 ** 0.5)
+    assert (large.epochs, large.epoch_images) == (full.epochs, full.epoch_images)
+    epoch_steps = full.epoch_images // full.batch_size
+    for epoch in (9.9, 10.1, 25):
+        assert lr_factor(large, round(epoch * epoch_steps / 8)) == lr_factor(full, round(epoch * epoch_steps))
+    assert parameter_count(FaceVAE(large)) == parameter_count(FaceVAE(full))

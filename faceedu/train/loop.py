@@ -189,9 +189,22 @@ def save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(task: Task, path: Path, step: int, position: dict, extra: dict | None = None) -> None:
+def _rng_states(world: int) -> list[dict]:
+    """Every rank's RNG states, gathered (collectively, under DDP) so that rank 0's checkpoint holds them all."""
+    state = _rng_state()
+    if world == 1:
+        return [state]
+    states: list[Any] = [None] * world
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
+def save_checkpoint(task: Task, path: Path, step: int, position: dict, extra: dict | None = None,
+                    rng: list[dict] | None = None) -> None:
+    """`rng`: the RNG states of every rank (default: this process's alone)."""
+    rng = rng or [_rng_state()]
     save_atomic({
-        "step": step, "position": dict(position), "rng": _rng_state(), "extra": extra or {},
+        "step": step, "position": dict(position), "rng": rng[0], "rng_ranks": rng, "extra": extra or {},
         "modules": {k: _unwrap(m).state_dict() for k, m in task.modules.items()},
         "optimizers": {k: o.state_dict() for k, o in task.optimizers.items()},
         "schedulers": {k: s.state_dict() for k, s in task.schedulers.items()},
@@ -210,7 +223,9 @@ def load_checkpoint(task: Task, path: Path, map_location: torch.device | str = "
         optimizer.load_state_dict(state["optimizers"][key])
     for key, scheduler in task.schedulers.items():
         scheduler.load_state_dict(state["schedulers"][key])
-    _set_rng_state(state["rng"])
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    ranks = state.get("rng_ranks") or [state["rng"]]
+    _set_rng_state(ranks[rank] if rank < len(ranks) else state["rng"])   # each rank resumes its own streams
     return state
 
 
@@ -333,9 +348,11 @@ def train(task: Task, dataset: Dataset, run_dir: Path | str, config: LoopConfig,
                 module.eval()
             with torch.no_grad(), autocast:
                 save_grid(task.samples(preview).float(), run_dir / "samples" / f"step_{step:06d}.png")
-        if main_process and saving:
-            save_checkpoint(task, checkpoint, step, position)
-            plot_loss_curves(run_dir / METRICS, run_dir / "loss_curves.png")
+        if saving:
+            rng = _rng_states(world)                  # collective under DDP: every rank takes part
+            if main_process:
+                save_checkpoint(task, checkpoint, step, position, rng=rng)
+                plot_loss_curves(run_dir / METRICS, run_dir / "loss_curves.png")
     bar.close()
     if metrics:
         metrics.close()

@@ -17,15 +17,22 @@ from faceedu.train.loop import LoopConfig, train
 
 class VAETask:
     """Adam on every parameter, the learning rate divided by 3 every 10 epochs down to 1e-5 (paper),
-    per-parameter gradient-norm clipping as Keras' clipnorm."""
+    per-parameter gradient-norm clipping as Keras' clipnorm.
 
-    def __init__(self, config: VAEConfig, seed: int = 0, vae: FaceVAE | None = None, loss_fn=None):
+    `compile_mode` ("default", "reduce-overhead", "max-autotune") runs the forward pass and the losses
+    through torch.compile; "reduce-overhead" also replays them as CUDA graphs, which is what a GPU needs at
+    the paper's batch of 32, where the step is bound by kernel launches rather than arithmetic."""
+
+    def __init__(self, config: VAEConfig, seed: int = 0, vae: FaceVAE | None = None, loss_fn=None,
+                 compile_mode: str | None = None):
         torch.manual_seed(seed)
         self.config = config
         self.vae = vae if vae is not None else FaceVAE(config)
         if config.channels_last:
             self.vae = self.vae.to(memory_format=torch.channels_last)
         self.loss_fn = loss_fn or vae_losses             # (config, out, x, mask) -> {"loss": ..., terms}
+        self.compile_mode = compile_mode
+        self._compiled: tuple | None = None               # (forward, losses), made at the first step
         optimizer = torch.optim.Adam(self.vae.parameters(), lr=config.lr, fused=True)   # one kernel per step
         self.optimizers = {"vae": optimizer}
         self.schedulers = {"vae": torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))}
@@ -38,15 +45,26 @@ class VAETask:
         x, mask = batch["image"], batch.get("mask")
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = self.vae(x)                                   # z = mu + sigma * eps in training mode
+        forward, loss_fn = self._functions()
+        out = forward(x)                                    # z = mu + sigma * eps in training mode
         with torch.autocast(device_type=x.device.type, enabled=False):    # losses in float32, always
-            terms = self.loss_fn(self.config, as_float32(out), x.float(), mask)
+            terms = loss_fn(self.config, as_float32(out), x.float(), mask)
         optimizer = self.optimizers["vae"]
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         clip_per_parameter(self.vae.parameters(), self.config.clip_norm)
         optimizer.step()
         return {k: v.detach() for k, v in terms.items()}
+
+    def _functions(self):
+        """The forward pass and the loss, compiled on first use when asked (after the loop has wrapped the
+        model for DDP, so the compiled forward goes through the wrapper)."""
+        if not self.compile_mode:
+            return self.vae, self.loss_fn
+        if self._compiled is None:
+            self._compiled = (torch.compile(self.vae, mode=self.compile_mode),
+                              torch.compile(self.loss_fn, mode=self.compile_mode))
+        return self._compiled
 
     def samples(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Rows of 8 (the poster's figures 7-8): originals, reconstructions, true masks, predicted masks."""
@@ -70,9 +88,10 @@ def default_steps(config: VAEConfig) -> int:
 
 def train_vae(config: VAEConfig, run_dir: Path | str, root: Path | str, steps: int | None = None,
               loop: LoopConfig | None = None, dataset: Any = None, preset_name: str = "custom",
-              seed: int = 0) -> dict:
+              seed: int = 0, compile_mode: str | None = None) -> dict:
     """Train a VAE into `run_dir` (resuming if a checkpoint is there) on the train split under `root`;
-    returns the loop's summary. `dataset` overrides the data (tests pass a small one)."""
+    returns the loop's summary. `dataset` overrides the data (tests pass a small one); `compile_mode` as in
+    VAETask (a GPU at batch 32 wants "reduce-overhead")."""
     steps = steps if steps is not None else default_steps(config)
     loop = loop or LoopConfig()
     loop = LoopConfig(**(asdict(loop) | {"steps": steps, "batch_size": config.batch_size, "seed": seed,
@@ -83,7 +102,7 @@ def train_vae(config: VAEConfig, run_dir: Path | str, root: Path | str, steps: i
     data_path = str(Path(root).expanduser().resolve())     # absolute: commands on the run work from anywhere
     describe = {"model": "vae", "preset": preset_name, "data": data_path, "data_fingerprint": fingerprint,
                 "vae": config.to_dict()}
-    return train(VAETask(config, seed=seed), dataset, run_dir, loop, describe=describe)
+    return train(VAETask(config, seed=seed, compile_mode=compile_mode), dataset, run_dir, loop, describe=describe)
 
 
 def run_data_root(run_dir: Path | str, described: dict, root: Path | str | None = None) -> Path:
@@ -268,7 +287,8 @@ def command_train(args) -> int:
     run = args.run or Path("runs") / f"vae-{args.preset}"
     loop = LoopConfig(device=args.device, bf16=args.bf16, progress=not args.no_progress,
                       sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every)
-    summary = train_vae(config, run, root, steps=args.steps, loop=loop, preset_name=args.preset, seed=args.seed)
+    summary = train_vae(config, run, root, steps=args.steps, loop=loop, preset_name=args.preset, seed=args.seed,
+                        compile_mode=args.compile)
     print(f"Next: faceedu eval {run}")
     return 0 if summary else 1
 
