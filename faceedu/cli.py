@@ -80,8 +80,11 @@ def _eval_run(args: argparse.Namespace) -> int:
         from faceedu.train.cgan import command_eval
     elif model == "cyclegan":
         from faceedu.train.cyclegan import command_eval
+    elif model == "fader":
+        from faceedu.train.fader import command_eval
     else:
-        raise SystemExit(f"faceedu eval: {run} holds a {model!r} run; runs that can be evaluated: vae, cgan, cyclegan")
+        raise SystemExit(f"faceedu eval: {run} holds a {model!r} run; runs that can be evaluated: vae, cgan, cyclegan, "
+                         "fader")
     status = command_eval(run, args)
     if status == 0 and (args.json or args.markdown):
         _eval_reports(run, args)
@@ -122,6 +125,12 @@ def _train_cgan(args: argparse.Namespace) -> int:
         raise SystemExit(f"faceedu train cgan: {error}") from None
 
 
+def _train_fader(args: argparse.Namespace) -> int:
+    from faceedu.train.fader import command_train
+
+    return command_train(args)
+
+
 def _train_cyclegan(args: argparse.Namespace) -> int:
     from faceedu.data.layout import DatasetError
     from faceedu.train.cyclegan import command_train
@@ -139,6 +148,15 @@ def _ablate_vae(args: argparse.Namespace) -> int:
 
 
 def _edit(args: argparse.Namespace) -> int:
+    import json
+
+    config = Path(args.run) / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get("model") == "fader":
+        from faceedu.train.fader import command_edit as fader_edit
+
+        return fader_edit(args)
+    if args.alpha is not None:
+        raise SystemExit("faceedu edit: --alpha is for Fader Network runs; a VAE run takes --scale.")
     from faceedu.editing import command_edit
 
     return command_edit(args)
@@ -288,6 +306,25 @@ def build_parser() -> argparse.ArgumentParser:
     cgan.add_argument("--no-progress", action="store_true")
     cgan.set_defaults(func=_train_cgan)
 
+    fader = train_commands.add_parser("fader", help="Fader Networks: an attribute-free latent (Lample et al. 2017)")
+    fader.add_argument("--preset", choices=["quick", "full", "seed"], default="quick",
+                       help="quick: 64x64 SynthFaces on a CPU; full: the official 256x256 code; seed: the 2018 variant")
+    fader.add_argument("--attrs", default=None, help="comma list of CelebA attribute names (default: the preset's)")
+    fader.add_argument("--data", choices=["synth", "celeba"], default="synth", help="what --root holds")
+    fader.add_argument("--root", type=Path, default=DEFAULT_SYNTH_ROOT)
+    fader.add_argument("--run", type=Path, default=None, help="run folder (default runs/fader-PRESET; resumes)")
+    fader.add_argument("--steps", type=int, default=None, help="default: the preset's")
+    fader.add_argument("--batch-size", type=int, default=None)
+    fader.add_argument("--lr", type=float, default=None, help="Adam learning rate of both networks (default 2e-4)")
+    fader.add_argument("--seed", type=int, default=0)
+    fader.add_argument("--device", default="auto")
+    fader.add_argument("--bf16", action="store_true", help="bf16 autocast where native (CUDA; CPUs with AVX512-BF16/AMX)")
+    fader.add_argument("--log-every", type=int, default=25)
+    fader.add_argument("--sample-every", type=int, default=250)
+    fader.add_argument("--checkpoint-every", type=int, default=250)
+    fader.add_argument("--no-progress", action="store_true")
+    fader.set_defaults(func=_train_fader)
+
     cyclegan = train_commands.add_parser("cyclegan", help="CycleGAN between two JAFFE expressions (Zhu et al. 2017)")
     cyclegan.add_argument("--preset", choices=["quick", "full", "facepaint"], default="quick",
                           help="quick: CPU minutes on SynthFaces-JAFFE; full: the official code at 256 px; "
@@ -337,13 +374,16 @@ def build_parser() -> argparse.ArgumentParser:
     ablate_vae.add_argument("--no-progress", action="store_true")
     ablate_vae.set_defaults(func=_ablate_vae)
 
-    edit = commands.add_parser("edit", help="edit a face image with a trained VAE's attribute vectors")
-    edit.add_argument("run", type=Path, help="a VAE run folder, e.g. runs/vae-quick")
+    edit = commands.add_parser("edit", help="edit a face image with a trained VAE's attribute vectors or a Fader run")
+    edit.add_argument("run", type=Path, help="a VAE or Fader run folder, e.g. runs/vae-quick, runs/fader-quick")
     edit.add_argument("--image", required=True, help="a face image, aligned as CelebA's (cropped and resized like the run's data)")
     edit.add_argument("--attr", action="append", required=True, metavar="NAME",
                       help="an attribute name, e.g. Eyeglasses (repeat for several)")
     edit.add_argument("--scale", action="append", type=float, metavar="S",
                       help="how far along the vector, typically -2..2: one for all --attr or one each (default 1.5)")
+    edit.add_argument("--alpha", action="append", type=float, metavar="A",
+                      help="Fader runs: the attribute's value, +1 present, -1 absent, in between slides; outside "
+                           "[-1, 1] extrapolates (warns): one for all --attr or one each (default 1)")
     edit.add_argument("--keep", action="append", metavar="NAME",
                       help="orthogonalise the edit off these attributes' vectors (conditional manipulation)")
     edit.add_argument("--out", required=True, type=Path, help="the edited face, PNG")

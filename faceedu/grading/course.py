@@ -46,9 +46,9 @@ LESSONS: tuple[Lesson, ...] = (
            "a DCGAN conditioned on face attributes: label maps, non-saturating loss, the alternating step, "
            "judged attributes, diversity and mode collapse",
            "Mirza & Osindero 2014; Radford et al. 2016; Fedotova et al. 2018; Miyato & Koyama 2018", status="ready"),
-    Lesson(5, "05_fader_networks", "Fader networks",
+    Lesson(5, "05_fader", "Fader networks",
            "an attribute-free latent via a latent discriminator; continuous attribute sliders",
-           "Lample et al. 2017"),
+           "Lample et al. 2017; Fedotova et al. 2018", status="ready"),
     Lesson(6, "06_style_transfer", "Neural style transfer",
            "Gram matrices, content and style losses, optimising pixels with L-BFGS",
            "Gatys et al. 2016; FacePaint 2019"),
