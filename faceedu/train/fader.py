@@ -33,8 +33,11 @@ class FaderTask:
     """Two Adams (lr 2e-4, beta1 0.5), gradient norms clipped at 5; per step one discriminator update,
     then one auto-encoder update with lambda_E(step) (eq. 3)."""
 
-    def __init__(self, config: FaderConfig, attr_index: list[int] | None = None, seed: int = 0):
+    def __init__(self, config: FaderConfig, attr_index: list[int] | None = None, seed: int = 0,
+                 step_fn=None, schedule_fn=None):
         torch.manual_seed(seed)
+        self.step_fn = step_fn or FN.fader_step            # a lesson passes the learner's own
+        self.schedule_fn = schedule_fn or FN.lambda_schedule
         self.config = config
         self.ae, self.lat_dis = AutoEncoder(config), LatentDiscriminator(config)
         self.optimizers = FN.make_optimizers(self.ae, self.lat_dis, config)
@@ -60,10 +63,10 @@ class FaderTask:
                 ae.eval(), lat_dis.eval()
                 accuracy = float(FN.attribute_accuracy(lat_dis(ae.encode(x)), y).mean())
             self.accuracy = accuracy if self.accuracy is None else self.accuracy + (accuracy - self.accuracy) / ACCURACY_WINDOW
-        lam = FN.config_lambda(self.config, step)
-        logs = FN.fader_step(ae, lat_dis, self.optimizers["ae"], self.optimizers["lat_dis"], x, y, lam,
-                             self.config.clip_grad_norm)
-        return logs | {"lat_dis_acc": self.accuracy, "lambda": lam}
+        c = self.config
+        lam = float(self.schedule_fn(step, c.lambda_max, c.lambda_start, c.lambda_steps))
+        logs = self.step_fn(ae, lat_dis, self.optimizers["ae"], self.optimizers["lat_dis"], x, y, lam, c.clip_grad_norm)
+        return dict(logs) | {"lat_dis_acc": self.accuracy, "lambda": lam}
 
     def samples(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Rows of 8: originals, reconstructions, then each attribute flipped."""
@@ -103,7 +106,7 @@ def attribute_columns(names: list[str], attrs: tuple[str, ...]) -> list[int]:
 
 def train_fader(config: FaderConfig, run_dir: Path | str, root: Path | str, steps: int | None = None,
                 loop: LoopConfig | None = None, dataset: Any = None, preset_name: str = "custom",
-                seed: int = 0) -> dict:
+                seed: int = 0, step_fn=None, schedule_fn=None) -> dict:
     """Train a Fader Network into `run_dir` (resuming if a checkpoint is there) on the train split under
     `root`; returns the loop's summary. `dataset` overrides the data."""
     steps = steps if steps is not None else config.steps
@@ -113,7 +116,46 @@ def train_fader(config: FaderConfig, run_dir: Path | str, root: Path | str, step
     dataset = dataset if dataset is not None else load_data(root, "train", config)
     columns = attribute_columns(list(dataset.attr_names), config.attrs)
     describe = {"model": "fader", "preset": preset_name, "data": str(root), "fader": config.to_dict()}
-    return train(FaderTask(config, columns, seed=seed), dataset, run_dir, loop, describe=describe)
+    task = FaderTask(config, columns, seed=seed, step_fn=step_fn, schedule_fn=schedule_fn)
+    return train(task, dataset, run_dir, loop, describe=describe)
+
+
+def lesson_fader(root: Path | str, fast: bool = False, step_fn=None, schedule_fn=None,
+                 steps: int | None = None) -> tuple[AutoEncoder, LatentDiscriminator, Path]:
+    """The Fader Network lesson 05 uses, and its run folder: $FACEEDU_FADER_RUN if set; else trained with
+    the quick preset and the learner's `step_fn` / `schedule_fn` into runs/fader-lesson05 (resumable: a
+    re-run reuses it). Fast mode trains 12 steps on 256 faces in a temporary folder (for tests: the
+    pictures mean nothing, the code paths are the same)."""
+    import os
+    import tempfile
+
+    from faceedu.data.tensors import load_face_tensors
+
+    if os.environ.get("FACEEDU_FADER_RUN"):
+        run = Path(os.environ["FACEEDU_FADER_RUN"]).expanduser()
+        if not is_finished(run):
+            raise FileNotFoundError(f"FACEEDU_FADER_RUN={run} holds no finished Fader run.")
+        print(f"Using the Fader Network in {run} (FACEEDU_FADER_RUN).")
+        return (*load_run(run)[:2], run)
+    config = preset("quick")
+    repo = Path(__file__).resolve().parents[2]
+    runs = repo / "runs" if (repo / "pyproject.toml").is_file() else Path.home() / ".cache" / "faceedu" / "runs"
+    quick = runs / "fader-quick"
+    if not fast and step_fn is not None and is_finished(quick, config.steps) and os.environ.get("FACEEDU_REUSE_RUNS"):
+        print(f"Using the Fader Network that `faceedu train fader` trained in {quick} (FACEEDU_REUSE_RUNS).")
+        return (*load_run(quick)[:2], quick)
+    if fast:
+        run, steps = Path(tempfile.mkdtemp(prefix="faceedu-05-fader-")), 12
+        config = preset("quick", lambda_start=4, lambda_steps=4)
+        data = load_face_tensors(root, split="train", size=config.image_size, masks=False, crop=config.crop, limit=256)
+    else:
+        run, data = runs / "fader-lesson05", None
+    steps = steps or config.steps
+    print(f"Training the quick Fader Network for {steps} steps into {run} with your fader_step ...")
+    train_fader(config, run, root, steps=steps, preset_name="quick", dataset=data, step_fn=step_fn,
+                schedule_fn=schedule_fn, loop=LoopConfig(progress=not fast, sample_every=0 if fast else 500,
+                                                         log_every=2 if fast else 25))
+    return (*load_run(run)[:2], run)
 
 
 def load_run(run_dir: Path | str, map_location: str | torch.device = "cpu") -> tuple[AutoEncoder, LatentDiscriminator, dict]:
@@ -458,4 +500,4 @@ def bench_tasks(preset_name: str = "quick") -> dict[str, tuple[FaderTask, dict]]
 
 
 __all__ = ["FaderTask", "train_fader", "load_run", "load_data", "evaluate_fader", "report", "format_report",
-           "check_alphas", "edit_with_run", "accuracy_figure", "slider_figure", "is_finished", "spearman"]
+           "check_alphas", "edit_with_run", "lesson_fader", "accuracy_figure", "slider_figure", "is_finished", "spearman"]
