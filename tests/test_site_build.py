@@ -39,7 +39,7 @@ def test_reference_runs_are_cached_by_content_and_show_progress(tmp_path, capsys
     real = site.environment()                                          # e.g. the data or a reused run changed
     monkeypatch.setattr(site, "environment", lambda: real | {"fast": not real["fast"]})
     site.reference_run(lesson, cache=cache, progress=None, source=source)
-    assert "executing" in capsys.readouterr().out
+    assert "executing toy.ipynb (changed since the last run: fast;" in capsys.readouterr().out
     monkeypatch.setattr(site, "environment", lambda: real)
 
     _notebook(source, last="print('changed')")                         # new content: executed again

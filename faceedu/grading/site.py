@@ -141,12 +141,16 @@ def _dependencies(files: list[str]) -> dict[str, str | None]:
     return {name: _sha(REPO / name if not Path(name).is_absolute() else Path(name)) for name in files}
 
 
-def _still_valid(executed: Any) -> bool:
-    """Whether nothing a cached reference run recorded as its inputs has changed since."""
+def _changed(executed: Any) -> list[str]:
+    """What changed among the inputs a cached reference run recorded (empty: it is still valid)."""
     recorded = executed.metadata.get("faceedu_reference_run", {})
     modules = recorded.get("modules")
-    return modules is not None and _dependencies(list(modules)) == modules and recorded.get("environment") == \
-        json.loads(json.dumps(environment()))
+    if modules is None:
+        return ["no record of its inputs"]
+    now = _dependencies(list(modules))
+    changed = [name for name in modules if now[name] != modules[name]]
+    current = json.loads(json.dumps(environment()))
+    return changed + [key for key in current if recorded.get("environment", {}).get(key) != current[key]]
 
 
 def reference_run(lesson: Lesson, timeout: float | None = None, cache: Path | None = CACHE,
@@ -157,13 +161,16 @@ def reference_run(lesson: Lesson, timeout: float | None = None, cache: Path | No
 
     source = source or REPO / "solutions" / lesson.slug / f"{lesson.slug}.ipynb"
     copy = cache / f"{lesson.slug}-{_sha(source)}.ipynb" if cache is not None else None
+    why = "no executed copy of this notebook"
     if copy is not None and copy.is_file():
         executed = nbformat.read(copy, as_version=4)
-        if _still_valid(executed):
+        changed = _changed(executed)
+        if not changed:
             print(f"reference run of {lesson.slug}: reused {copy.relative_to(REPO) if copy.is_relative_to(REPO) else copy}")
             return executed
-    print(f"reference run of {lesson.slug}: executing {source.name} "
-          f"(per-cell limit: {f'{timeout:g} s' if timeout else 'none'})", flush=True)
+        why = "changed since the last run: " + ", ".join(changed[:4]) + (", ..." if len(changed) > 4 else "")
+    print(f"reference run of {lesson.slug}: executing {source.name} ({why}; "
+          f"per-cell limit: {f'{timeout:g} s' if timeout else 'none'})", flush=True)
     start = time.monotonic()
     executed = execute(source, timeout, progress, probe=PROBE)
     print(f"reference run of {lesson.slug}: {time.monotonic() - start:.1f} s", flush=True)
