@@ -100,3 +100,40 @@ def trained_cgan(trained_dir, synth_root, pytestconfig) -> dict:
                              preset_name="quick")
     terminal_print(pytestconfig, f"[cgan] quick preset trained in {summary['seconds']} s ({summary['images_per_s']} images/s)")
     return {"run": run, "summary": summary}
+
+
+@pytest.fixture(scope="session")
+def trained_cyclegan(trained_dir, synth_root, pytestconfig) -> dict:
+    """Lesson 08's quick CycleGAN (SynthFaces-JAFFE, happy <-> neutral), trained once per test run exactly as
+    `faceedu train cyclegan` does it: {"run": run folder, "summary": the loop's summary}. A finished run of the
+    same preset on the same data (the tour's runs/cyclegan-quick) is copied instead of training again."""
+    import json
+    import shutil
+
+    from faceedu.data.synthfaces import dataset_fingerprint
+    from faceedu.models.cyclegan import preset
+    from faceedu.train.cyclegan import train_cyclegan
+    from faceedu.train.loop import LoopConfig
+    from training import reusable_run, summary_of, terminal_print, training_progress
+
+    config, run = preset("quick"), trained_dir / "cyclegan-quick"
+    steps, fingerprint = config.steps, dataset_fingerprint(synth_root)
+
+    def same(described: dict) -> bool:
+        loop = described.get("loop", {})
+        wanted = json.loads(json.dumps(config.to_dict()))
+        return (described.get("model") == "cyclegan" and described.get("cyclegan") == wanted and fingerprint
+                and described.get("data_fingerprint") == fingerprint and loop.get("steps") == steps
+                and loop.get("seed") == 0)
+
+    found = reusable_run(REPO / "runs" / "cyclegan-quick", same, steps)
+    if found:
+        shutil.copytree(found, run)
+        terminal_print(pytestconfig, f"\n[cyclegan] reusing {found} (same quick preset, same data; FACEEDU_TEST_REUSE=0 trains afresh)")
+        return {"run": run, "summary": summary_of(run)}
+    with training_progress(pytestconfig, "cyclegan", run, steps):
+        summary = train_cyclegan(config, run, synth_root, loop=LoopConfig(progress=False, sample_every=400),
+                                 preset_name="quick")
+    terminal_print(pytestconfig, f"[cyclegan] quick preset trained in {summary['seconds']} s "
+                                 f"({summary['images_per_s']} image pairs/s)")
+    return {"run": run, "summary": summary}

@@ -70,9 +70,11 @@ PRESETS: dict[str, CycleGANConfig] = {
     # FacePaint (2019): happy <-> neutral, 350 iterations, Adam 5e-4 with linear decay. They do not say when the
     # decay starts; as CycleGAN, half constant, half decay. At 128 px (their size is not stated): 6 blocks.
     "facepaint": CycleGANConfig(image_size=128, load_size=143, n_blocks=6, lr=5e-4, steps=350),
-    # CPU minutes on SynthFaces-JAFFE at 64 px: narrow networks (ngf = ndf = 24), 6 blocks, batch 4, no random
-    # crop (flip only), 2,400 steps (1,200 constant + 1,200 decay); everything else as the official code.
-    "quick": CycleGANConfig(image_size=64, load_size=64, ngf=24, ndf=24, n_blocks=6, batch_size=4, steps=2400),
+    # CPU minutes on SynthFaces-JAFFE: 32x32 faces (the judges still read their expression: 98% / 95% of
+    # real HA / NE faces), narrow networks (ngf = ndf = 16), 6 blocks, batch 4, no random crop (flip only),
+    # 1,600 steps (800 constant + 800 decay). Losses, weights, pool, init and Adam as the official code.
+    # At 32 px the 70-pixel field of the PatchGAN covers the whole face.
+    "quick": CycleGANConfig(image_size=32, load_size=32, ngf=16, ndf=16, n_blocks=6, batch_size=4, steps=1600),
 }
 
 

@@ -18,7 +18,7 @@ from faceedu.models.cyclegan import (CycleGAN, CycleGANConfig, ImagePool, discri
                                      linear_decay, preset, schedule_steps)
 from faceedu.train.loop import CHECKPOINT, LoopConfig, train
 
-SAMPLE_FACES = 4  # fixed test faces per domain in the sample grids
+SAMPLE_FACES = 8  # fixed test faces per domain in the sample grids: one row of the loop's 8-wide grid each
 
 
 class UnpairedFaces(Dataset):
@@ -160,7 +160,11 @@ def train_cyclegan(config: CycleGANConfig, run_dir: Path | str, root: Path | str
     loop = loop or LoopConfig()
     loop = LoopConfig(**(asdict(loop) | {"steps": constant + decay, "batch_size": config.batch_size, "seed": seed}))
     task = CycleGANTask(config, (constant, decay), seed=seed, test_faces=fixed_test_faces(test_data, config))
-    describe = {"model": "cyclegan", "preset": preset_name, "data": str(root), "cyclegan": config.to_dict(),
+    from faceedu.data.synthfaces import dataset_fingerprint
+
+    root = Path(root).expanduser().resolve()        # absolute: commands on the run work from anywhere
+    describe = {"model": "cyclegan", "preset": preset_name, "data": str(root),
+                "data_fingerprint": dataset_fingerprint(root), "cyclegan": config.to_dict(),
                 "schedule": {"constant": constant, "decay": decay},
                 "split": {"train_images": {c: len(train_data.images[c]) for c in config.domains},
                           "test_images": {c: len(test_data.images[c]) for c in config.domains},
