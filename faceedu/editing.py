@@ -740,4 +740,7 @@ def command_latent(args) -> int:
     print(f"(the judge sees Eyeglasses on {bias['watch_on_reconstructions']:.1%} of the reconstructions of "
           f"{bias['faces']} real blond faces without glasses: its own share of the leak)")
     print(f"Wrote {out}/latent.json, table.md{', and the figures' if not args.no_figures else ''}")
+    print(f"Judged by the {summary['judge']}")
+    for warning in summary["judge_warnings"]:
+        print(warning)
     return 0

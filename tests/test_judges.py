@@ -279,3 +279,26 @@ def test_dlib_identity_judge_threshold_from_data(tmp_path):
 
     loaded = load_judge(export_judge(judge, tmp_path / "judge_identity.pt"))
     assert isinstance(loaded, DlibIdentityJudge) and loaded.threshold == judge.threshold
+
+
+def test_latent_and_edit_name_their_judges_and_take_judges_dir(real_celeba, tmp_path, capsys):
+    from faceedu.cli import main
+
+    run = tmp_path / "vae"
+    assert main(["train", "vae", "--data", "celeba", "--root", str(real_celeba), "--run", str(run), "--steps", "2",
+                 "--batch-size", "8", "--no-progress", "--sample-every", "0", "--no-mask"]) == 0
+    assert main(["latent", str(run), "--faces", "8", "--no-figures", "--out", str(tmp_path / "latent")]) == 0
+    text = capsys.readouterr().out
+    assert "Judged by the attributes judge: trained on SynthFaces" in text and "WARNING: the attributes judge" in text
+    summary = json.loads((tmp_path / "latent" / "latent.json").read_text())
+    assert summary["data_kind"] == "celeba" and summary["judge_warnings"]
+    assert "trained on SynthFaces" in (tmp_path / "latent" / "results.md").read_text()
+    judges = tmp_path / "judges"
+    assert main(["train", "judge", "--data", "celeba", "--root", str(real_celeba), "--run", str(judges), "--steps", "2",
+                 "--batch-size", "8", "--no-progress"]) == 0
+    capsys.readouterr()
+    image = real_celeba / "celeba" / "img_align_celeba" / "000001.jpg"
+    assert main(["edit", str(run), "--image", str(image), "--attr", "Smiling", "--out", str(tmp_path / "e.png"),
+                 "--judges", str(judges)]) == 0
+    text = capsys.readouterr().out
+    assert "trained on CelebA" in text and "the attribute judge reads Smiling" in text and "WARNING" not in text
