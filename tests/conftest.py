@@ -57,7 +57,7 @@ def trained_vae(trained_dir, synth_root, pytestconfig) -> dict:
         shutil.copytree(found, run)
         terminal_print(pytestconfig, f"\n[vae] reusing {found} (same quick preset, same data; "
                                      f"FACEEDU_TEST_REUSE=0 trains afresh)")
-        return {"run": run, "summary": summary_of(run)}
+        return {"run": run, "summary": summary_of(run) | {"reused": str(found)}}
     with training_progress(pytestconfig, "vae", run, steps):
         summary = train_vae(config, run, synth_root, loop=LoopConfig(progress=False, sample_every=500),
                             preset_name="quick")
@@ -136,4 +136,40 @@ def trained_cyclegan(trained_dir, synth_root, pytestconfig) -> dict:
                                  preset_name="quick")
     terminal_print(pytestconfig, f"[cyclegan] quick preset trained in {summary['seconds']} s "
                                  f"({summary['images_per_s']} image pairs/s)")
+    return {"run": run, "summary": summary}
+
+
+@pytest.fixture(scope="session")
+def trained_fader(trained_dir, synth_root, pytestconfig) -> dict:
+    """The quick Fader Network (Male, Eyeglasses, Smiling), trained once per test run exactly as `faceedu
+    train fader` does it: {"run": run folder, "summary": the loop's summary (seconds, images/s)}. A finished
+    run of the same preset on the same data (the tour's runs/fader-quick) is copied instead of training again."""
+    import json
+    import shutil
+
+    from faceedu.data.synthfaces import dataset_fingerprint
+    from faceedu.models.fader import preset
+    from faceedu.train.fader import train_fader
+    from faceedu.train.loop import LoopConfig
+    from training import reusable_run, summary_of, terminal_print, training_progress
+
+    config, run = preset("quick"), trained_dir / "fader-quick"
+    fingerprint = dataset_fingerprint(synth_root)
+
+    def same(described: dict) -> bool:
+        loop = described.get("loop", {})
+        wanted = json.loads(json.dumps(config.to_dict()))
+        return (described.get("model") == "fader" and described.get("fader") == wanted and fingerprint
+                and described.get("data_fingerprint") == fingerprint and loop.get("steps") == config.steps
+                and loop.get("seed") == 0)
+
+    found = reusable_run(REPO / "runs" / "fader-quick", same, config.steps)
+    if found:
+        shutil.copytree(found, run)
+        terminal_print(pytestconfig, f"\n[fader] reusing {found} (same quick preset, same data; FACEEDU_TEST_REUSE=0 trains afresh)")
+        return {"run": run, "summary": summary_of(run)}
+    with training_progress(pytestconfig, "fader", run, config.steps):
+        summary = train_fader(config, run, synth_root, loop=LoopConfig(progress=False, sample_every=500),
+                              preset_name="quick")
+    terminal_print(pytestconfig, f"[fader] quick preset trained in {summary['seconds']} s ({summary['images_per_s']} images/s)")
     return {"run": run, "summary": summary}
