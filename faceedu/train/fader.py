@@ -113,9 +113,14 @@ def train_fader(config: FaderConfig, run_dir: Path | str, root: Path | str, step
     loop = loop or LoopConfig()
     loop = LoopConfig(**(asdict(loop) | {"steps": steps, "batch_size": config.batch_size, "seed": seed,
                                          "bf16": loop.bf16 or config.bf16}))
+    given = dataset
     dataset = dataset if dataset is not None else load_data(root, "train", config)
     columns = attribute_columns(list(dataset.attr_names), config.attrs)
-    describe = {"model": "fader", "preset": preset_name, "data": str(root), "fader": config.to_dict()}
+    from faceedu.data.synthfaces import dataset_fingerprint
+
+    describe = {"model": "fader", "preset": preset_name, "data": str(Path(root).expanduser().resolve()),
+                "data_fingerprint": dataset_fingerprint(root) if given is None else None,
+                "fader": config.to_dict()}
     task = FaderTask(config, columns, seed=seed, step_fn=step_fn, schedule_fn=schedule_fn)
     return train(task, dataset, run_dir, loop, describe=describe)
 

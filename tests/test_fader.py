@@ -1,0 +1,163 @@
+"""Fader Networks (lesson 05): parameter parity with the official code, the seed's variant, the schedule,
+bad input refused, and the quick preset's quality bars on SynthFaces (trained once per run: `trained_fader`)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from faceedu.models import fader as FN
+from faceedu.models.fader import AutoEncoder, LatentDiscriminator, count_parameters, preset
+
+
+@pytest.mark.parametrize("attrs,ae,dis", [(("Smiling", "Male"), 14_032_352, 8_656_388), (("Male",), 14_000_512, 8_655_362)])
+def test_full_preset_has_the_official_parameter_counts(attrs, ae, dis):
+    """Measured by instantiating facebookresearch/FaderNetworks src/model.py with its defaults."""
+    config = preset("full", attrs=attrs)
+    assert count_parameters(AutoEncoder(config)) == ae
+    assert count_parameters(LatentDiscriminator(config)) == dis
+    assert config.latent_shape == (512, 4, 4)
+
+
+def _decoder_inputs(ae, z, y):
+    seen = []
+    hooks = [layer.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1])) for layer in ae.dec_layers]
+    with torch.no_grad():
+        ae.eval().decode(z, y)
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def test_attributes_reach_every_decoder_layer_in_full_and_only_the_input_in_seed():
+    full = preset("full", attrs=("Smiling", "Male"), image_size=64, n_layers=4)
+    ae = AutoEncoder(full)
+    z = torch.randn(2, *full.latent_shape)
+    assert _decoder_inputs(ae, z, torch.ones(2, 2)) == [256 + 4, 128 + 4, 64 + 4, 32 + 4]
+    seed = preset("seed")
+    ae = AutoEncoder(seed)
+    assert seed.latent_shape == (512, 2, 2)
+    assert _decoder_inputs(ae, torch.randn(1, 512, 2, 2), torch.ones(1, 1)) == [512 + 2, 512, 256, 128, 64, 32, 16]
+    dis = LatentDiscriminator(seed)
+    assert dis(torch.randn(3, 512, 2, 2)).shape == (3, 2)
+
+
+def test_one_hot_pairs_and_schedule():
+    y = torch.tensor([[1.0, 0.0], [0.25, 1.0]])
+    assert torch.equal(FN.one_hot(y), torch.tensor([[0.0, 1.0, 1.0, 0.0], [0.75, 0.25, 0.0, 1.0]]))
+    assert FN.lambda_schedule(0, 1e-4) == 0.0
+    assert FN.lambda_schedule(250_000, 1e-4) == pytest.approx(5e-5)
+    assert FN.lambda_schedule(10**7, 1e-4) == pytest.approx(1e-4)
+    quick = preset("quick")
+    assert FN.config_lambda(quick, quick.lambda_start) == 0.0
+    assert FN.config_lambda(quick, quick.steps) == pytest.approx(quick.lambda_max)
+
+
+def test_the_encoder_loss_never_moves_the_discriminator():
+    """fader_step from the same state with lambda 0 and lambda 100: the discriminator ends identical (its
+    update sees a detached code, the encoder's loss never reaches it), the auto-encoder does not."""
+    import copy
+
+    config = preset("quick", image_size=16, init_fm=4, max_fm=8, n_layers=2, hid_dim=8, lat_dis_dropout=0.0)
+    torch.manual_seed(0)
+    ae, dis = AutoEncoder(config), LatentDiscriminator(config)
+    x, y = torch.rand(4, 3, 16, 16) * 2 - 1, torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 1], [0, 0, 0]])
+    ends = []
+    for lam in (0.0, 100.0):
+        a, d = copy.deepcopy(ae), copy.deepcopy(dis)
+        opts = FN.make_optimizers(a, d, config)
+        for _ in range(2):
+            FN.fader_step(a, d, opts["ae"], opts["lat_dis"], x, y, lam=lam, clip=5.0)
+        ends.append((a, d))
+    (a0, d0), (a1, d1) = ends
+    first = lambda m: torch.cat([p.detach().flatten() for p in m.parameters()])  # noqa: E731
+    assert not torch.equal(first(a0), first(a1))
+    # after the first step the codes differ, so only the first update can be compared exactly
+    a, d = copy.deepcopy(ae), copy.deepcopy(dis)
+    b, e = copy.deepcopy(ae), copy.deepcopy(dis)
+    oa, ob = FN.make_optimizers(a, d, config), FN.make_optimizers(b, e, config)
+    FN.fader_step(a, d, oa["ae"], oa["lat_dis"], x, y, lam=0.0, clip=5.0)
+    FN.fader_step(b, e, ob["ae"], ob["lat_dis"], x, y, lam=100.0, clip=5.0)
+    assert torch.equal(first(d), first(e))
+    assert not torch.equal(first(a), first(b))
+
+
+def test_alpha_outside_the_trained_range_warns_and_unknown_attributes_are_refused():
+    config = preset("quick")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FN_alpha = __import__("faceedu.train.fader", fromlist=["check_alphas"]).check_alphas
+        assert FN_alpha(config, {"Male": 1.0, "Smiling": -1.0})[0] == 1.0
+    with pytest.warns(UserWarning, match="outside the trained range"):
+        FN_alpha(config, {"Eyeglasses": 2.0})
+    with pytest.raises(ValueError, match="Blond_Hair"):
+        FN_alpha(config, {"Blond_Hair": 1.0})
+
+
+def test_cli_refuses_an_unknown_attribute_by_name(synth_root, tmp_path, capsys):
+    from faceedu.cli import main
+
+    with pytest.raises(SystemExit, match="Eyeglases"):
+        main(["train", "fader", "--attrs", "Male,Eyeglases", "--root", str(synth_root), "--run", str(tmp_path / "r"),
+              "--steps", "1", "--no-progress"])
+
+
+# --- the quick preset's bars (lesson 05) ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fader_report(trained_fader, synth_root):
+    from faceedu.models.judges import load_judges
+    from faceedu.train.fader import evaluate_fader, load_data, load_run
+
+    ae, dis, _ = load_run(trained_fader["run"])
+    data = load_data(synth_root, "test", ae.config, limit=500)
+    result = evaluate_fader(ae, dis, data, load_judges(kinds=["attributes", "identity"]), faces=500)
+    print(f"\n[fader] bars: " + json.dumps({k: v for k, v in result.items() if k not in ("originals", "reconstructions")},
+                                          default=float)[:2000])
+    return result
+
+
+@pytest.mark.parametrize("name", ["Male", "Eyeglasses", "Smiling"])
+def test_flipping_an_attribute_succeeds_by_the_judge(fader_report, name):
+    row = next(r for r in fader_report["flips"] if r["attribute"] == name)
+    assert row["success"] >= 0.90, f"{name}: flipped on {row['success']:.1%} of test faces"
+
+
+def test_untouched_attributes_are_kept(fader_report):
+    assert fader_report["kept_mean"] >= 0.90
+
+
+def test_reconstruction_ssim_in_the_face_mask(fader_report):
+    assert fader_report["masked_ssim"] >= 0.80
+
+
+def test_latent_discriminator_is_fooled_by_the_end(trained_fader, fader_report):
+    from faceedu.train.fader import accuracy_curve
+
+    curve = accuracy_curve(trained_fader["run"])
+    at_zero = max(r["lat_dis_acc"] for r in curve if r["lambda"] == 0)
+    assert at_zero >= 0.90, f"at lambda 0 the discriminator read the attributes at {at_zero:.1%} at best"
+    final = fader_report["lat_dis"]
+    assert abs(final["accuracy"] - final["majority"]) <= 0.10, final
+
+
+def test_sliders_are_monotone(fader_report):
+    for row in fader_report["flips"]:
+        assert row["spearman"] >= 0.9, (row["attribute"], row["slider"])
+
+
+def test_edit_command_on_a_fader_run(trained_fader, synth_root, tmp_path):
+    from faceedu.cli import main
+
+    image = next((synth_root / "celeba" / "img_align_celeba").glob("*.jpg"))
+    out = tmp_path / "edit.png"
+    with pytest.warns(UserWarning, match="outside the trained range"):
+        assert main(["edit", str(trained_fader["run"]), "--image", str(image), "--attr", "Eyeglasses", "--alpha", "1.5",
+                     "--out", str(out), "--compare"]) == 0
+    assert out.is_file()
+    with pytest.raises(SystemExit, match="Blond_Hair"):
+        main(["edit", str(trained_fader["run"]), "--image", str(image), "--attr", "Blond_Hair", "--out", str(out)])
