@@ -302,3 +302,18 @@ def test_latent_and_edit_name_their_judges_and_take_judges_dir(real_celeba, tmp_
                  "--judges", str(judges)]) == 0
     text = capsys.readouterr().out
     assert "trained on CelebA" in text and "the attribute judge reads Smiling" in text and "WARNING" not in text
+
+
+def test_train_judge_on_kaggle_csv_layout(tmp_path, monkeypatch):
+    from realfixtures import write_real_celeba
+
+    from faceedu.cli import main
+    from faceedu.data.tensors import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    root = write_real_celeba(tmp_path / "data", n=32, kaggle=True)
+    run = tmp_path / "judges"
+    assert main(["train", "judge", "--data", "celeba", "--root", str(root), "--run", str(run), "--steps", "2",
+                 "--batch-size", "8", "--no-progress"]) == 0
+    info = load_judge(run / "attributes" / WEIGHT_FILES["attributes"]).meta["trained_on"]
+    assert info["dataset"] == "celeba" and info["images"] == 20 and info["fingerprint"] != "celeba-unknown"

@@ -140,3 +140,17 @@ def test_data_masks_names_a_missing_parser(real_celeba, tmp_path):
 
     with pytest.raises(FileNotFoundError, match="faceedu train parser"):
         main(["data", "masks", "--root", str(real_celeba), "--parser", str(tmp_path / "nothing")])
+
+
+def test_data_masks_on_kaggle_layout(trained_parser, tmp_path):
+    from realfixtures import write_real_celeba
+
+    from faceedu.cli import main
+    from faceedu.data.celeba import CelebA
+
+    root = write_real_celeba(tmp_path / "data", n=16, kaggle=True)
+    assert main(["data", "masks", "--root", str(root), "--parser", str(trained_parser["run"]), "--limit", "8"]) == 0
+    folder = root / "celeba" / "CelebAMask-HQ-mask"
+    assert sorted(int(p.stem) for p in folder.glob("*.png")) == list(range(8))
+    image, labels = CelebA(root, split="all", target_type="mask")[3]
+    assert labels.shape == (218, 178) and image.size == (178, 218)
