@@ -110,6 +110,11 @@ def reparam_numpy_noise(mu, logvar):
     return mu + torch.exp(0.5 * logvar) * eps
 
 
+def reparam_randn_shape(mu, logvar):
+    """torch.randn(mu.shape): ignores mu's dtype and device (passed even the hidden checks once)."""
+    return mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape)
+
+
 def kl_sign_flipped(mu, logvar):
     """Forgets the minus sign in front of 1/2."""
     return (0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum(1)).mean()
@@ -172,7 +177,7 @@ def elbo_absolute_error(x, x_hat, mu, logvar, kl_weight=1.0):
 MUTANTS = {
     "encoder_head": [head_relu_logvar, head_exp_logvar, head_shared_layer, head_one_layer_unsplit, head_hidden_layer],
     "reparameterise": [reparam_var_not_std, reparam_toledo_quirk, reparam_no_noise, reparam_uniform_noise,
-                       reparam_detached, reparam_numpy_noise],
+                       reparam_detached, reparam_numpy_noise, reparam_randn_shape],
     "kl_divergence": [kl_sign_flipped, kl_summed_over_batch, kl_mean_over_dims, kl_forgets_one, kl_logvar_as_log_sigma,
                       kl_variance_as_logvar],
     "negative_elbo": [elbo_mean_pixels, elbo_minus_kl, elbo_ignores_weight, elbo_summed_over_batch, elbo_absolute_error],

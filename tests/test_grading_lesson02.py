@@ -233,16 +233,50 @@ def forward_detached_mask(vae, x, mask=None):
     return pred * m + x * (1 - m), pred, mask_hat, mu, logvar
 
 
+
+def ssim_ignores_window_size(x, y, window_size=11, sigma=1.5, data_range=1.0):
+    """Always an 11x11 window, whatever window_size says (scored full marks without the hidden checks)."""
+    return _ssim(x, y, _gauss(11, sigma, x.dtype), (0.01 * data_range) ** 2, (0.03 * data_range) ** 2)
+
+
+def ssim_ignores_sigma(x, y, window_size=11, sigma=1.5, data_range=1.0):
+    """The Gaussian's width fixed at 1.5, whatever sigma says (passed even the hidden checks once)."""
+    return _ssim(x, y, _gauss(window_size, 1.5, x.dtype), (0.01 * data_range) ** 2, (0.03 * data_range) ** 2)
+
+
+def forward_mask_second_sample(vae, x, mask=None):
+    """In training, decodes the mask from a second, independent sample of z (passed the hidden checks once)."""
+    mu, logvar = vae.encoder(x)
+    if vae.training:
+        pred, mask_hat = vae.image_decoder(vae.sampler(mu, logvar)), vae.mask_decoder(vae.sampler(mu, logvar))
+    else:
+        pred, mask_hat = vae.image_decoder(mu), vae.mask_decoder(mu)
+    m = mask if mask is not None else mask_hat
+    return pred * m + x * (1 - m), pred, mask_hat, mu, logvar
+
+
+def forward_decoders_no_grad(vae, x, mask=None):
+    """Both decoders under torch.no_grad (scored full marks without the hidden checks; the hidden ones
+    raised a bare 'element 0 of tensors does not require grad')."""
+    mu, logvar = vae.encoder(x)
+    z = vae.sampler(mu, logvar) if vae.training else mu
+    with torch.no_grad():
+        pred, mask_hat = vae.image_decoder(z), vae.mask_decoder(z)
+    m = mask if mask is not None else mask_hat
+    return pred * m + x * (1 - m), pred, mask_hat, mu, logvar
+
+
 MUTANTS = {
     "ssim": [ssim_box_window, ssim_no_constants, ssim_same_padding, ssim_sample_covariance, ssim_grayscale,
-             ssim_raw_moments, ssim_fixed_range],
-    "dice": [dice_no_smoothing, dice_whole_batch, dice_iou, dice_thresholded, dice_constant_smooth],
+             ssim_raw_moments, ssim_fixed_range, ssim_ignores_window_size, ssim_ignores_sigma],
+    "dice": [dice_no_smoothing, dice_whole_batch, dice_iou, dice_thresholded, dice_constant_smooth],  # constant: ignores smooth
     "mask_loss": [mask_loss_plus_dice, mask_loss_bce_only, mask_loss_unclamped, mask_loss_dice_only,
                   mask_loss_with_logits],
     "masked_mae": [masked_mae_target_only, masked_mae_all_pixels, masked_mae_forgets_channels, masked_mae_per_image,
                    masked_mae_pred_only],
     "forward_with_mask": [forward_always_predicted_mask, forward_swapped, forward_no_composition,
-                          forward_always_samples, forward_never_samples, forward_detached_mask],
+                          forward_always_samples, forward_never_samples, forward_detached_mask,
+                          forward_mask_second_sample, forward_decoders_no_grad],
 }
 
 

@@ -438,11 +438,15 @@ class Check:
             index = tuple(int(i) for i in torch.nonzero(torch.isnan(actual_f))[0])
             self.fail(f"{what} contains NaN (first at index {index}); no NaN was expected. {hint}".rstrip())
         ok = torch.isclose(actual_f, expected_f, atol=atol, rtol=rtol, equal_nan=True)
+        if not bool(ok.all()) and ok.numel() == 1:   # one number: say it plainly
+            got, want = actual_f.reshape(()).item(), expected_f.reshape(()).item()
+            self.fail(f"{what} should be {want:.6g}, got {got:.6g} (off by {abs(got - want):.3g}, "
+                      f"{'too high' if got > want else 'too low'}). {hint}".rstrip())
         if not bool(ok.all()):
             diff = (actual_f - expected_f).abs().nan_to_num(nan=float("inf"))
             flat = int(diff.argmax())
             index = tuple(int(i) for i in np.unravel_index(flat, tuple(diff.shape))) if diff.dim() else ()
-            self.fail(f"{what} is wrong at {int((~ok).sum())} of {ok.numel()} entries; the largest "
+            self.fail(f"{what}: {int((~ok).sum())} of {ok.numel()} entries are wrong; the largest "
                       f"difference is at index {index}: expected {expected_f[index].item():.6g}, got "
                       f"{actual_f[index].item():.6g}. {hint}".rstrip())
         self.passed += 1

@@ -166,6 +166,10 @@ def check_reparameterise(fn, hidden: bool = False) -> None:
         z64 = c.call(mu.double(), torch.zeros_like(mu).double())
         c.expect_tensor(z64, shape=mu.shape, dtype=torch.float64, what="z for float64 inputs",
                         hint="torch.randn_like(mu) keeps mu's dtype.")
+        noise64 = c.call(torch.zeros(2000, dtype=torch.float64), torch.zeros(2000, dtype=torch.float64))  # z = eps
+        c.expect(not torch.equal(noise64.float().double(), noise64),
+                 "for float64 mu the noise was drawn in float32: torch.randn(mu.shape) ignores mu's dtype (and its "
+                 "device: on a GPU it would fail). Use torch.randn_like(mu), which matches both.")
         eps = c.call(torch.zeros(n), torch.zeros(n))
         inside = float((eps.abs() < 1).float().mean())
         c.expect(abs(inside - 0.6827) < 0.01,

@@ -151,6 +151,8 @@ def check_ssim(fn, hidden: bool = False) -> None:
         a, b = pairs[0][1], pairs[0][2]
         c.expect_close(c.call(a, b, window_size=9), ssim(a, b, window_size=9), what="SSIM with window_size=9",
                        atol=1e-4, hint="Build the window from window_size (odd) and sigma.")
+        c.expect_close(c.call(a, b, sigma=0.8), ssim(a, b, sigma=0.8), what="SSIM with sigma=0.8", atol=1e-4,
+                       hint="The Gaussian window's width is the sigma argument: build the window from it, not from 1.5.")
         c.expect_close(c.call(a * 255, b * 255, data_range=255.0), ssim(a, b), what="SSIM of 0-255 images with "
                        "data_range=255", atol=1e-4, hint="C1 = (0.01 L)^2 and C2 = (0.03 L)^2 with L = data_range.")
     c.done()
@@ -275,15 +277,15 @@ def check_masked_mae(fn, hidden: bool = False) -> None:
     c.expect(p.grad is not None and float(p.grad[(mask.expand_as(p) == 0)].abs().max()) == 0,
              "pixels outside the mask receive gradient: they must not influence the loss at all.")
     if hidden:
-        soft = torch.rand(2, 1, 8, 8, generator=c.rng)
-        c.expect_close(c.call(pred, x, soft), masked_mae(pred, x, soft), what="the masked MAE with a soft mask", atol=1e-5,
-                       hint="Weight each pixel's error by the mask value: sum(|e| m) / (C sum(m)).")
         sizes = mask.clone()
         sizes[1] = 0
         sizes[1, :, 3:4, 3:4] = 1                                            # a tiny face next to a big one
         c.expect_close(c.call(pred, x, sizes), masked_mae(pred, x, sizes), what="the masked MAE over faces of "
                        "different sizes", atol=1e-5, hint="Pool every masked pixel of the batch: one sum over the "
                                                             "batch divided by one count.")
+        soft = torch.rand(2, 1, 8, 8, generator=c.rng)
+        c.expect_close(c.call(pred, x, soft), masked_mae(pred, x, soft), what="the masked MAE with a soft mask", atol=1e-5,
+                       hint="Weight each pixel's error by the mask value: sum(|e| m) / (C sum(m)).")
         c.expect_close(c.call(pred.double(), x.double(), mask.double()), masked_mae(pred, x, mask).double(),
                        what="the masked MAE in float64", atol=1e-6)
     c.done()
@@ -343,15 +345,31 @@ def check_forward_with_mask(fn, hidden: bool = False) -> None:
     c.expect(torch.equal(again[0], out[0]), "two calls in eval mode gave different outputs: at inference use z = mu, "
                                             "do not sample.")
     if hidden:
+        seen: dict[str, list[torch.Tensor]] = {"image": [], "mask": []}   # the z each decoder was given
+        hooks = [vae.image_decoder.register_forward_pre_hook(lambda m, args: seen["image"].append(args[0].detach())),
+                 vae.mask_decoder.register_forward_pre_hook(lambda m, args: seen["mask"].append(args[0].detach()))]
         vae.train()
         try:
             a, b = bound.call(x, mask), bound.call(x, mask)
         finally:
             vae.eval()
+            for hook in hooks:
+                hook.remove()
         c.expect(not torch.allclose(a[1], b[1]), "in training mode z should be sampled (vae.sampler(mu, logvar) or "
                                                  "your reparameterise), so two calls differ.")
+        if seen["image"] and seen["mask"] and not torch.equal(seen["image"][0], seen["mask"][0]):
+            c.fail("in training mode the image and the mask were decoded from two different samples of z: sample z "
+                   "once and decode both from it, so the mask outlines the face that was drawn.")
         vae.zero_grad()
-        res = bound.call(x, mask)
+        vae.train()
+        try:
+            res = bound.call(x, mask)
+        finally:
+            vae.eval()
+        if not (res[0].requires_grad and res[2].requires_grad):
+            c.fail("in training mode out or mask_hat carries no gradient (backward() would stop with 'element 0 of "
+                   "tensors does not require grad'): the decoders ran under torch.no_grad() or their outputs were "
+                   "detached. Keep the graph: only inference may skip it.")
         (res[0].sum() + res[2].sum()).backward()
         for name, part in (("image decoder", vae.image_decoder), ("mask decoder", vae.mask_decoder)):
             grads = [p.grad for p in part.parameters()]

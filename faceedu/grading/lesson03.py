@@ -94,7 +94,16 @@ def check_encode(fn, hidden: bool = False) -> None:
     with torch.no_grad():
         mu, logvar = vae.encoder(x)
         train_mu = copy.deepcopy(vae).train().encoder(x)[0]     # a copy: training mode updates BatchNorm's statistics
-    out = bound.call(x, batch_size=4)
+    batches: list[int] = []   # how many faces each call of the encoder saw
+    hook = vae.encoder.register_forward_pre_hook(lambda module, args: batches.append(int(args[0].shape[0])))
+    try:
+        out = bound.call(x, batch_size=4)
+    finally:
+        hook.remove()
+    if batches and max(batches) > 4:
+        c.fail(f"with batch_size=4 the encoder saw {max(batches)} faces at once: cut the images into batches of "
+               f"batch_size (images.split(batch_size)) and encode one batch at a time; 24,000 faces at once would "
+               f"not fit in memory.")
     c.expect_tensor(out, shape=(10, 8), what="the codes of 10 faces (batch_size=4)",
                     hint="Return one row per face, all batches concatenated (torch.cat), including the last, "
                          "smaller batch.")
