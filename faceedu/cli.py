@@ -21,7 +21,7 @@ def _data_synth(args: argparse.Namespace) -> int:
 def _tour(args: argparse.Namespace) -> int:
     from faceedu.tour import run_tour
 
-    run_tour(args.root, args.out, vae_run=args.vae_run, cgan_run=args.cgan_run)
+    run_tour(args.root, args.out, vae_run=args.vae_run, cgan_run=args.cgan_run, fader_run=args.fader_run)
     return 0
 
 
@@ -215,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the quick VAE's run folder: trained there unless finished (default: %(default)s)")
     tour.add_argument("--cgan-run", type=Path, default=Path("runs/cgan-quick"),
                       help="the quick cGAN's run folder: trained there unless finished (default: %(default)s)")
+    tour.add_argument("--fader-run", type=Path, default=Path("runs/fader-quick"),
+                      help="lesson 05's quick Fader Network: trained there unless finished (default: %(default)s)")
     tour.set_defaults(func=_tour)
 
     grade = commands.add_parser("grade", help="run a lesson notebook like the autograder and print your points")

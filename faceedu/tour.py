@@ -24,6 +24,7 @@ class Tour:
     config: SynthConfig = SynthConfig()
     vae_run: Path = Path("runs/vae-quick")     # lessons 01-03's quick VAE: trained here unless finished
     cgan_run: Path = Path("runs/cgan-quick")   # lesson 04's quick conditional GAN: trained here unless finished
+    fader_run: Path = Path("runs/fader-quick")  # lesson 05's quick Fader Network: trained here unless finished
     summary: dict = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
 
@@ -145,6 +146,29 @@ def step_cgan(tour: Tour) -> None:
              f"{result['frechet_floor']:.2f}); every combination at fixed z: {tour.out / 'cgan' / 'combinations.png'}")
 
 
+def step_fader(tour: Tour) -> None:
+    """Lesson 05: the quick Fader Network (Male, Eyeglasses, Smiling), trained into tour.fader_run as `faceedu
+    train fader` does (a finished run is reused), then judged on 300 test faces: each attribute flipped,
+    the sliders, reconstruction SSIM in the face mask, the latent discriminator against the majority rate."""
+    from faceedu.models.fader import preset
+    from faceedu.train.fader import format_report, report, train_fader
+    from faceedu.train.loop import LoopConfig
+
+    run = tour.fader_run
+    summary = train_fader(preset("quick"), run, tour.root, loop=LoopConfig(progress=True), preset_name="quick")
+    if summary["steps_this_run"]:
+        tour.say(f"trained the quick Fader Network in {summary['seconds']:.0f} s ({summary['images_per_s']:,.0f} images/s): {run}")
+    else:
+        tour.say(f"reusing the trained quick Fader Network in {run}")
+    result = report(run, out=tour.out / "fader", root=tour.root, faces=300)
+    tour.summary["fader"] = {"run": str(run), "masked_ssim": round(result["masked_ssim"], 4),
+                             "lat_dis": result["lat_dis"], "flips": {r["attribute"]: round(r["success"], 4)
+                                                                     for r in result["flips"]}}
+    for line in format_report(result).splitlines():
+        tour.say(line)
+    tour.say(f"sliders, flips and the discriminator's accuracy against lambda: {tour.out / 'fader'}")
+
+
 STEPS: list[tuple[str, Callable[[Tour], None]]] = [
     ("SynthFaces", step_data),
     ("What a face comes with", step_contact_sheet),
@@ -152,13 +176,15 @@ STEPS: list[tuple[str, Callable[[Tour], None]]] = [
     ("The face VAE (lessons 01-02)", step_vae),
     ("Latent arithmetic (lesson 03)", step_latent),
     ("The conditional GAN (lesson 04)", step_cgan),
+    ("Fader Networks (lesson 05)", step_fader),
 ]
 
 
 def run_tour(root: Path | str, out: Path | str, config: SynthConfig = SynthConfig(),
-             vae_run: Path | str = Tour.vae_run, cgan_run: Path | str = Tour.cgan_run) -> Tour:
+             vae_run: Path | str = Tour.vae_run, cgan_run: Path | str = Tour.cgan_run,
+             fader_run: Path | str = Tour.fader_run) -> Tour:
     """Run every step in order; write summary.txt and summary.json to `out`."""
-    tour = Tour(Path(root), Path(out), config, Path(vae_run), Path(cgan_run))
+    tour = Tour(Path(root), Path(out), config, Path(vae_run), Path(cgan_run), Path(fader_run))
     tour.out.mkdir(parents=True, exist_ok=True)
     for number, (title, step) in enumerate(STEPS, 1):
         start = time.perf_counter()
