@@ -6,7 +6,6 @@ CelebA loader reads; then the masked VAE trains on it."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,7 +67,7 @@ def test_parser_output_lines_up_with_any_image_size():
     assert labels.shape == (2, 218, 178) and labels.dtype == torch.uint8 and int(labels.max()) < len(CLASSES)
 
 
-def test_flip_augmentation_swaps_left_and_right(monkeypatch):
+def test_flip_augmentation_swaps_left_and_right():
     from faceedu.data.layout import CELEBAMASK_LABELS
     from faceedu.train.parser import FLIP_LABELS
 
