@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args = parser.parse_args(argv)
     if getattr(args, "cache_dir", None) is None:
-        return args.func(args)
+        return _run(args)
     import os
 
     from faceedu.data.tensors import CACHE_ENV
@@ -461,12 +461,23 @@ def main(argv: list[str] | None = None) -> int:
     saved = os.environ.get(CACHE_ENV)
     os.environ[CACHE_ENV] = str(args.cache_dir.expanduser().absolute())   # every data load below reads it
     try:
-        return args.func(args)
+        return _run(args)
     finally:                                  # main() called in-process (tests, notebooks) leaves no trace
         if saved is None:
             os.environ.pop(CACHE_ENV, None)
         else:
             os.environ[CACHE_ENV] = saved
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command; a dataset that is missing or incomplete ends it with the loader's message (what is
+    wrong, the expected tree, how to get or make the files), not a traceback."""
+    from faceedu.data.layout import DatasetError
+
+    try:
+        return args.func(args)
+    except DatasetError as error:
+        raise SystemExit(f"faceedu {args.command}: {error}") from None
 
 
 if __name__ == "__main__":
