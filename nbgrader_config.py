@@ -23,3 +23,8 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 c.ExecutePreprocessor.timeout = 600
 # Keep grading the remaining cells after one fails, so each exercise is scored on its own.
 c.ExecutePreprocessor.interrupt_on_timeout = True
+
+# A test cell deleted from a submission is added back (after the cell before it) and run, so deleting a
+# test cell cannot make an exercise vanish from the score; `faceedu grade` does the same
+# (faceedu/grading/runner.py: restore).
+c.OverwriteCells.add_missing_cells = True
