@@ -301,6 +301,78 @@ def evaluate_fader(ae: AutoEncoder, lat_dis: LatentDiscriminator, data: Any, jud
     return out
 
 
+@torch.no_grad()
+def judged_flips(edit_fn, x: torch.Tensor, recon: torch.Tensor, labels: torch.Tensor, names: list[str],
+                 attrs: tuple[str, ...], judges) -> list[dict]:
+    """The same measurement for any editor: `edit_fn(x, name, targets)` returns x with attribute `name` set
+    to `targets` (N,) in {0, 1}. Per attribute: success (the judge reads the target), kept (the judge's other
+    attributes that it reads reliably - >= 90% against the labels - on this model's reconstructions,
+    unchanged vs the reconstruction) and the identity judge's cosine between reconstruction and edit."""
+    judge, identity = judges.attributes, judges.identity
+    seen = judge.predict(recon)
+    reliable = [i for i, n in enumerate(judge.attributes)
+                if n in names and float((seen[:, i] == labels[:, names.index(n)].float()).float().mean()) >= 0.9]
+    rows = []
+    for name in attrs:
+        target = 1 - labels[:, names.index(name)].float()
+        edited = edit_fn(x, name, target)
+        after = judge.predict(edited)
+        j = judge.index(name)
+        others = [i for i in reliable if i != j]
+        kept = (after[:, others] == seen[:, others]).float().mean(0)
+        row = {"attribute": name, "success": float((after[:, j] == target).float().mean()), "kept": float(kept.mean()),
+               "kept_worst": judge.attributes[others[int(kept.argmin())]] if others else "",
+               "reliable": len(others)}
+        if identity is not None:
+            row["identity_cosine"] = float(identity.similarity(recon, edited).mean())
+        rows.append(row)
+    return rows
+
+
+def compare_with_vae(fader_run: Path | str, vae_run: Path | str, root: Path | str, faces: int = 300,
+                     scale: float = 2.0, vector_faces: int = 8000) -> dict:
+    """Lesson 05 against lesson 03 on the same test faces and the same judges: each of the Fader run's
+    attributes flipped by the Fader Network (alpha = -+1) and by the quick VAE's attribute vector
+    (mu -+ scale * v_a, vectors from `vector_faces` training faces)."""
+    from faceedu import editing
+    from faceedu.models.judges import load_judges
+
+    ae, _, _ = load_run(fader_run)
+    judges = load_judges(kinds=["attributes", "identity"])
+    data = load_data(root, "test", ae.config, limit=faces)
+    names = list(data.attr_names)
+    x, labels = data.images.float().div(255), data.attr.float()
+    columns = attribute_columns(names, ae.config.attrs)
+    y = labels[:, columns]
+
+    def fader_edit(images, name, target):
+        alpha = 2 * y - 1
+        alpha[:, ae.config.attrs.index(name)] = 2 * target - 1
+        return FN.edit(ae, images, alpha)
+
+    space = editing.LatentSpace.from_run(vae_run, root, limit=vector_faces)
+    mu = editing.encode(space.vae, x)
+
+    def vae_edit(images, name, target):
+        signs = (2 * target - 1)[:, None]                              # +scale adds the attribute, -scale removes it
+        return editing.decode(space.vae, mu + signs * scale * space.vector(name), images)
+
+    return {"faces": len(x), "scale": scale, "attrs": list(ae.config.attrs),
+            "fader": judged_flips(fader_edit, x, FN.reconstruct(ae, x, y), labels, names, ae.config.attrs, judges),
+            "vae": judged_flips(vae_edit, x, editing.decode(space.vae, mu, x), labels, names, ae.config.attrs, judges)}
+
+
+def comparison_markdown(result: dict) -> str:
+    lines = ["| attribute | method | success | kept | least kept | identity cosine |", "|---|---|---|---|---|---|"]
+    for name in result["attrs"]:
+        for key, label in (("fader", "Fader Network (lesson 05), α = ∓1"),
+                           ("vae", f"VAE attribute vector (lesson 03), ∓{result['scale']:g} v")):
+            r = next(row for row in result[key] if row["attribute"] == name)
+            lines.append(f"| {name.replace('_', ' ')} | {label} | {r['success']:.0%} | {r['kept']:.0%} | "
+                         f"{r['kept_worst'].replace('_', ' ')} | {r.get('identity_cosine', float('nan')):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def accuracy_curve(run_dir: Path | str) -> list[dict]:
     """(step, lambda, lat_dis_acc) rows of a run's metrics.jsonl."""
     rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -505,4 +577,5 @@ def bench_tasks(preset_name: str = "quick") -> dict[str, tuple[FaderTask, dict]]
 
 
 __all__ = ["FaderTask", "train_fader", "load_run", "load_data", "evaluate_fader", "report", "format_report",
-           "check_alphas", "edit_with_run", "lesson_fader", "accuracy_figure", "slider_figure", "is_finished", "spearman"]
+           "check_alphas", "edit_with_run", "lesson_fader", "compare_with_vae", "judged_flips",
+           "comparison_markdown", "accuracy_figure", "slider_figure", "is_finished", "spearman"]
