@@ -158,12 +158,14 @@ def test_cache_notices_a_changed_folder(tmp_path, cache):
     assert len(first) == 10 and len(second) == 12
     [new] = cache.rglob("train-*.pt")
     assert new != old and not old.exists()                    # the stale file is replaced, not kept
-    # an image replaced in place: the image folder's fingerprint changes
+    # an image rewritten in place (the folder's own time unchanged): the sampled files' fingerprint changes
     image = root / "celeba" / "img_align_celeba" / "000001.jpg"
+    folder_time = image.parent.stat().st_mtime_ns
     from PIL import Image
 
     Image.new("RGB", (178, 218), (255, 0, 0)).save(image)
-    os.utime(image.parent, ns=(image.parent.stat().st_atime_ns, image.parent.stat().st_mtime_ns + 10**9))
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))   # coarse clocks: 1 s later
+    assert image.parent.stat().st_mtime_ns == folder_time
     third = load_face_tensors(root, "train", masks=None)
     assert not torch.equal(third.images[0], second.images[0])
     assert third.images[0, 0].float().mean() > 240 and third.images[0, 2].float().mean() < 15

@@ -124,8 +124,9 @@ def _digest(value) -> str:
 
 class _Cache:
     """Cache files of one dataset folder: <cache>/celeba-<hash of its absolute path>/<split>-<size>-<crop>-
-    <what>-<fingerprint>.pt, the fingerprint made from the annotation files, the image (or label-map) folder
-    and the split's file names, so a changed folder is decoded again. Each file may hold the first N items."""
+    <what>-<fingerprint>.pt, the fingerprint made from the annotation files, the image (or label-map) folder,
+    a sample of 33 of the split's files and its file names, so a changed folder is decoded again (files
+    added, removed, re-extracted or relisted). Each cache file may hold the first N items."""
 
     def __init__(self, dataset: CelebA, crop: FaceCrop, cache_dir: Path | str | None, enabled: bool):
         folder = dataset.folder.resolve()
@@ -138,9 +139,13 @@ class _Cache:
                      "names": _digest(dataset.filenames)}
         self.prefix = f"{dataset.split}-{crop.size}-{crop.mode}"
         self.sources = {"images": dataset.images, "masks": dataset.label_maps}
+        step = max(1, len(dataset) // 32)
+        self.sample = {"images": [dataset.images / name for name in dataset.filenames[::step][:33]],
+                       "masks": [dataset.label_map_path(i) for i in range(0, len(dataset), step)][:33]}
 
     def path(self, what: str) -> Path:
-        key = self.base | {"what": what, "source": _stamp(self.sources[what])}
+        key = self.base | {"what": what, "source": _stamp(self.sources[what]),
+                           "sample": [_stamp(f) for f in self.sample[what]]}
         return self.dir / f"{self.prefix}-{what}-{_digest(key)}.pt"
 
     def load(self, what: str, count: int) -> torch.Tensor | None:
