@@ -55,9 +55,10 @@ LESSONS: tuple[Lesson, ...] = (
     Lesson(7, "07_diat", "Deep identity-aware transfer",
            "a transform network with identity, attribute and perceptual losses",
            "Li et al. 2016 (DIAT, arXiv v1)"),
-    Lesson(8, "08_cyclegan_expressions", "CycleGAN for expressions",
-           "unpaired translation with cycle consistency: neutral <-> happy on JAFFE-style faces",
-           "Zhu et al. 2017; FacePaint 2019"),
+    Lesson(8, "08_cyclegan", "CycleGAN for expressions",
+           "unpaired translation with cycle consistency: a ResNet generator, the 70x70 PatchGAN, LSGAN, cycle and "
+           "identity losses, the image pool; happy <-> neutral judged on unseen JAFFE-style subjects",
+           "Zhu et al. 2017; FacePaint 2019", status="ready"),
 )
 
 
