@@ -139,13 +139,18 @@ class _Cache:
                      "names": _digest(dataset.filenames)}
         self.prefix = f"{dataset.split}-{crop.size}-{crop.mode}"
         self.sources = {"images": dataset.images, "masks": dataset.label_maps}
-        step = max(1, len(dataset) // 32)
-        self.sample = {"images": [dataset.images / name for name in dataset.filenames[::step][:33]],
-                       "masks": [dataset.label_map_path(i) for i in range(0, len(dataset), step)][:33]}
+        self.dataset = dataset
+
+    def _sample(self, what: str) -> list[Path]:
+        """33 files spread over the split (images, or label maps: asked for only when masks are)."""
+        rows = range(0, len(self.dataset), max(1, len(self.dataset) // 32))[:33]
+        if what == "images":
+            return [self.dataset.images / self.dataset.filenames[i] for i in rows]
+        return [self.dataset.label_map_path(i) for i in rows]
 
     def path(self, what: str) -> Path:
         key = self.base | {"what": what, "source": _stamp(self.sources[what]),
-                           "sample": [_stamp(f) for f in self.sample[what]]}
+                           "sample": [_stamp(f) for f in self._sample(what)]}
         return self.dir / f"{self.prefix}-{what}-{_digest(key)}.pt"
 
     def load(self, what: str, count: int) -> torch.Tensor | None:
