@@ -21,7 +21,8 @@ def _data_synth(args: argparse.Namespace) -> int:
 def _tour(args: argparse.Namespace) -> int:
     from faceedu.tour import run_tour
 
-    run_tour(args.root, args.out, vae_run=args.vae_run, cgan_run=args.cgan_run, fader_run=args.fader_run)
+    run_tour(args.root, args.out, vae_run=args.vae_run, cgan_run=args.cgan_run, fader_run=args.fader_run,
+             cyclegan_run=args.cyclegan_run)
     return 0
 
 
@@ -217,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the quick cGAN's run folder: trained there unless finished (default: %(default)s)")
     tour.add_argument("--fader-run", type=Path, default=Path("runs/fader-quick"),
                       help="lesson 05's quick Fader Network: trained there unless finished (default: %(default)s)")
+    tour.add_argument("--cyclegan-run", type=Path, default=Path("runs/cyclegan-quick"),
+                      help="lesson 08's quick CycleGAN: trained there unless finished (default: %(default)s)")
     tour.set_defaults(func=_tour)
 
     grade = commands.add_parser("grade", help="run a lesson notebook like the autograder and print your points")

@@ -25,6 +25,7 @@ class Tour:
     vae_run: Path = Path("runs/vae-quick")     # lessons 01-03's quick VAE: trained here unless finished
     cgan_run: Path = Path("runs/cgan-quick")   # lesson 04's quick conditional GAN: trained here unless finished
     fader_run: Path = Path("runs/fader-quick")  # lesson 05's quick Fader Network: trained here unless finished
+    cyclegan_run: Path = Path("runs/cyclegan-quick")  # lesson 08's quick CycleGAN: trained here unless finished
     summary: dict = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
 
@@ -169,6 +170,31 @@ def step_fader(tour: Tour) -> None:
     tour.say(f"sliders, flips and the discriminator's accuracy against lambda: {tour.out / 'fader'}")
 
 
+def step_cyclegan(tour: Tour) -> None:
+    """Lesson 08: the quick CycleGAN between happy and neutral JAFFE-style faces, trained into tour.cyclegan_run
+    as `faceedu train cyclegan` does (a finished run is reused), then judged on the test subjects: the
+    expression judge on each translation, the identity judge on (source, translation), the cycle error."""
+    from faceedu.models.cyclegan import preset
+    from faceedu.train.cyclegan import eval_run, format_report, train_cyclegan
+    from faceedu.train.loop import LoopConfig
+
+    run = tour.cyclegan_run
+    summary = train_cyclegan(preset("quick"), run, tour.root, loop=LoopConfig(progress=True, sample_every=400,
+                                                                              checkpoint_every=400),
+                             preset_name="quick")
+    if summary["steps_this_run"]:
+        tour.say(f"trained the quick CycleGAN in {summary['seconds']:.0f} s ({summary['images_per_s']:,.1f} image pairs/s): {run}")
+    else:
+        tour.say(f"reusing the trained quick CycleGAN in {run}")
+    report = eval_run(run, tour.root, out=tour.out / "cyclegan")
+    keys = ("judge_NE_on_HA_to_NE", "judge_HA_on_NE_to_HA", "identity_same_rate", "random_pairs_same_rate",
+            "cycle_l1_per_pixel", "cycle_l1_summed", "frechet_NE", "frechet_floor_NE", "frechet_HA", "frechet_floor_HA")
+    tour.summary["cyclegan"] = {"run": str(run), **{k: round(report[k], 4) for k in keys}}
+    for line in format_report(report).splitlines():
+        tour.say(line)
+    tour.say(f"test faces A -> B -> A and B -> A -> B: {tour.out / 'cyclegan' / 'cycles.png'}")
+
+
 STEPS: list[tuple[str, Callable[[Tour], None]]] = [
     ("SynthFaces", step_data),
     ("What a face comes with", step_contact_sheet),
@@ -177,14 +203,15 @@ STEPS: list[tuple[str, Callable[[Tour], None]]] = [
     ("Latent arithmetic (lesson 03)", step_latent),
     ("The conditional GAN (lesson 04)", step_cgan),
     ("Fader Networks (lesson 05)", step_fader),
+    ("CycleGAN on expressions (lesson 08)", step_cyclegan),
 ]
 
 
 def run_tour(root: Path | str, out: Path | str, config: SynthConfig = SynthConfig(),
              vae_run: Path | str = Tour.vae_run, cgan_run: Path | str = Tour.cgan_run,
-             fader_run: Path | str = Tour.fader_run) -> Tour:
+             fader_run: Path | str = Tour.fader_run, cyclegan_run: Path | str = Tour.cyclegan_run) -> Tour:
     """Run every step in order; write summary.txt and summary.json to `out`."""
-    tour = Tour(Path(root), Path(out), config, Path(vae_run), Path(cgan_run), Path(fader_run))
+    tour = Tour(Path(root), Path(out), config, Path(vae_run), Path(cgan_run), Path(fader_run), Path(cyclegan_run))
     tour.out.mkdir(parents=True, exist_ok=True)
     for number, (title, step) in enumerate(STEPS, 1):
         start = time.perf_counter()

@@ -5,11 +5,12 @@ import json
 from faceedu.cli import main
 
 
-def test_tour_writes_contact_sheet_correlations_and_summary(synth_root, trained_vae, trained_cgan, trained_fader, tmp_path,
-                                                            capsys):
+def test_tour_writes_contact_sheet_correlations_and_summary(synth_root, trained_vae, trained_cgan, trained_fader,
+                                                            trained_cyclegan, tmp_path, capsys):
     run = trained_vae["run"]                    # the session's quick VAE: the tour reuses a finished run
     assert main(["tour", "--root", str(synth_root), "--out", str(tmp_path), "--vae-run", str(run),
-                 "--cgan-run", str(trained_cgan["run"]), "--fader-run", str(trained_fader["run"])]) == 0
+                 "--cgan-run", str(trained_cgan["run"]), "--fader-run", str(trained_fader["run"]),
+                 "--cyclegan-run", str(trained_cyclegan["run"])]) == 0
     for picture in ("contact_sheet.png", "attribute_correlation.png"):
         assert (tmp_path / picture).stat().st_size > 50_000
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -23,5 +24,6 @@ def test_tour_writes_contact_sheet_correlations_and_summary(synth_root, trained_
     assert summary["latent"]["cos_blond_eyeglasses"] > 0.3     # blond and glasses share a direction
     assert summary["cgan"]["min_agreement"] > 0 and (tmp_path / "cgan" / "combinations.png").is_file()
     assert summary["fader"]["masked_ssim"] > 0 and (tmp_path / "fader" / "sliders.png").is_file()
+    assert summary["cyclegan"]["cycle_l1_per_pixel"] > 0 and (tmp_path / "cyclegan" / "cycles.png").is_file()
     printed = capsys.readouterr().out
     assert "images/s" in printed and f"reusing the trained quick VAE in {run}" in printed
