@@ -294,7 +294,7 @@ def evaluate_judges(root: Path | str, weights: Path | str | None = None, limit: 
     from faceedu.models.judges import (
         attribute_accuracy, dataset_kind, describe, expression_accuracy, identity_verification, judges_for,
     )
-    from faceedu.train.judge import face_split, jaffe_split
+    from faceedu.data.referees import face_split, jaffe_split
 
     judges = judges_for(root, weights, verbose=False)
     results: dict[str, Any] = {"data": {"root": str(Path(root).expanduser().resolve()),

@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from faceedu.data.referees import face_split, jaffe_split  # noqa: F401  (also imported from here)
 from faceedu.models.judges import (
     WEIGHT_FILES,
     DlibIdentityJudge,
@@ -91,31 +91,6 @@ class Items(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image = self.images[index]
         return {"image": image.float().div(255) if image.dtype == torch.uint8 else image, "label": self.labels[index]}
-
-
-def face_split(root: Path | str, split: str, attributes: list[str] | None = None, limit: int | None = None):
-    """(images uint8 (N, 3, 64, 64), attr 0/1 (N, A) for `attributes`, identity (N,), attribute names)."""
-    from faceedu.data.tensors import load_face_tensors
-
-    data = load_face_tensors(root, split, size=64, masks=False, limit=limit)
-    names = attributes or data.attr_names
-    columns = [data.attr_names.index(n) for n in names]
-    return data.images, data.attr[:, columns].float(), getattr(data, "identity", None), names
-
-
-def jaffe_split(root: Path | str, split: str, size: int = 64) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """(images float (N, 1, size, size) in [0, 1], expression index (N,), expression codes) of a JAFFE split."""
-    from faceedu.data.jaffe import JAFFE
-
-    data = JAFFE(root, split=split)
-    images = torch.empty(len(data), 1, size, size)
-    labels = torch.empty(len(data), dtype=torch.long)
-    for i in range(len(data)):
-        image, label = data[i]
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255)[None, None]
-        images[i] = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-        labels[i] = label
-    return images, labels, list(data.expressions)
 
 
 def default_attributes(root: Path | str) -> list[str] | None:
