@@ -292,13 +292,15 @@ def evaluate_judges(root: Path | str, weights: Path | str | None = None, limit: 
     (no JAFFE folder, no identity file) is listed in "skipped" with the reason."""
     from faceedu.data.layout import DatasetError
     from faceedu.models.judges import (
-        attribute_accuracy, dataset_kind, describe, expression_accuracy, identity_verification, judges_for,
+        attribute_accuracy, dataset_kind, describe, expression_accuracy, holds, identity_verification, judges_for,
+        trained_on,
     )
-    from faceedu.data.referees import face_split, jaffe_split
+    from faceedu.data.referees import face_split, identity_faces, jaffe_split
 
     judges = judges_for(root, weights, verbose=False)
     results: dict[str, Any] = {"data": {"root": str(Path(root).expanduser().resolve()),
-                                        "faces": dataset_kind(root, "celeba"), "expressions": dataset_kind(root, "jaffe")},
+                                        "faces": dataset_kind(root, "celeba") if holds(root, "celeba") else "none",
+                                        "expressions": dataset_kind(root, "jaffe") if holds(root, "jaffe") else "none"},
                                "judges": {k: describe(j) for k in ("attributes", "expression", "identity")
                                           if (j := getattr(judges, k)) is not None},
                                "warnings": list(judges.warnings), "skipped": {}}
@@ -314,11 +316,19 @@ def evaluate_judges(root: Path | str, weights: Path | str | None = None, limit: 
             known = [n for n in judges.attributes.attributes if n in names]
             columns = [names.index(n) for n in known]
             results["attributes"] = attribute_accuracy(judges.attributes, images, attr[:, columns], known)
-        if images is not None and judges.identity is not None:
+        if images is not None and judges.identity is not None and trained_on(judges.identity).get("dataset") != "jaffe":
             if identity is None:
                 results["skipped"]["identity"] = f"no identity file ({'identity_CelebA.txt'}) under {root}"
             else:
                 results["identity"] = identity_verification(judges.identity, images, identity)
+    if judges.identity is not None and trained_on(judges.identity).get("dataset") == "jaffe":
+        results["skipped"].pop("identity", None)
+        try:  # calibrated on JAFFE's training subjects: verified on its test subjects
+            images, person = identity_faces(root, "jaffe", "test")
+        except (DatasetError, FileNotFoundError) as error:
+            results["skipped"]["identity"] = f"no JAFFE folder under {root}: {str(error).splitlines()[0]}"
+        else:
+            results["identity"] = identity_verification(judges.identity, images, person, pairs=1000)
     if judges.expression is not None:
         try:
             images, labels, codes = jaffe_split(root, "test")

@@ -317,3 +317,25 @@ def test_train_judge_on_kaggle_csv_layout(tmp_path, monkeypatch):
                  "--batch-size", "8", "--no-progress"]) == 0
     info = load_judge(run / "attributes" / WEIGHT_FILES["attributes"]).meta["trained_on"]
     assert info["dataset"] == "celeba" and info["images"] == 20 and info["fingerprint"] != "celeba-unknown"
+
+
+def test_eval_judges_on_a_real_jaffe_folder_uses_jaffe_judges_and_warns_only_where_it_judges(tmp_path, capsys):
+    from fixtures import write_jaffe
+
+    from faceedu.cli import main
+
+    root = write_jaffe(tmp_path / "data")
+    assert main(["eval", "judges", "--root", str(root)]) == 0
+    text = capsys.readouterr().out
+    assert "WARNING: the expression judge was trained on SynthFaces" in text
+    assert "WARNING: the attributes judge" not in text and "skipped the attributes judge" in text   # no CelebA here
+    run = tmp_path / "judges"
+    assert main(["train", "judge", "--data", "jaffe", "--root", str(root), "--run", str(run), "--steps", "2",
+                 "--batch-size", "8", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "judges", "--root", str(root), "--judges", str(run), "--json", str(tmp_path / "j.json")]) == 0
+    text = capsys.readouterr().out
+    assert "expression judge: trained on JAFFE" in text and "WARNING" not in text
+    saved = json.loads((tmp_path / "j.json").read_text())
+    assert saved["data"]["faces"] == "none" and saved["data"]["expressions"] == "jaffe"
+    assert saved["expression"]["majority_baseline"] == pytest.approx(1 / 3)

@@ -37,3 +37,20 @@ def jaffe_split(root: Path | str, split: str, size: int = 64) -> tuple[torch.Ten
         images[i] = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
         labels[i] = label
     return images, labels, list(data.expressions)
+
+
+def identity_faces(root, data: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images float (N, C, H, W) in [0, 1], person (N,)) for choosing and testing a verification threshold:
+    JAFFE's subjects (train / test subjects: disjoint), or CelebA's identities (valid / test split)."""
+    if data == "jaffe":
+        from faceedu.data.jaffe import JAFFE
+
+        images, _, _ = jaffe_split(root, split, size=128)
+        subjects = JAFFE(root, split=split, target_type="subject")
+        person = torch.tensor([subjects.subjects.index(s.subject) for s in subjects.samples])
+        return images, person
+    images, _, identity, _ = face_split(root, "valid" if split == "train" else split)
+    if identity is None:
+        raise FileNotFoundError(f"Verification needs to know who is who, and {root} has no identity_CelebA.txt. "
+                                "Give it the identity file, or calibrate on JAFFE: --data jaffe --kind identity.")
+    return images.float().div(255), identity

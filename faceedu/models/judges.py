@@ -375,6 +375,17 @@ def dataset_kind(root: Path | str, family: str = "celeba") -> str:
     return "synthfaces" if synthfaces_marker(root) is not None else family
 
 
+def holds(root: Path | str, family: str) -> bool:
+    """Whether `root` (or its celeba/ or jaffe/ folder) holds data of `family`: CelebA-layout faces
+    (images or attribute file) or JAFFE TIFFs."""
+    root = Path(root).expanduser()
+    if family == "jaffe":
+        return any(f.suffix.lower() in (".tif", ".tiff") for folder in (root / "jaffe", root) if folder.is_dir()
+                   for f in folder.iterdir())
+    return any((folder / "img_align_celeba").is_dir() or any(folder.glob("list_attr_celeba.*"))
+               for folder in (root / "celeba", root) if folder.is_dir())
+
+
 def _hash_files(paths: Sequence[Path]) -> str:
     digest = hashlib.sha256()
     for path in paths:
@@ -449,6 +460,8 @@ def provenance_warning(judge, root: Path | str, family: str | None = None) -> st
     """A plain warning when `judge` was trained on another kind of faces than those under `root` (e.g. the
     shipped SynthFaces judges on real CelebA photographs), with the command that trains the right ones."""
     family = family or JUDGE_DATA[judge.kind]
+    if not holds(root, family):
+        return None  # nothing of that kind here for the judge to judge
     data = dataset_kind(root, family)
     trained = trained_on(judge).get("dataset", "unknown")
     if trained == data:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from faceedu.data.referees import face_split, jaffe_split  # noqa: F401  (also imported from here)
+from faceedu.data.referees import face_split, identity_faces, jaffe_split  # noqa: F401  (also imported from here)
 from faceedu.models.judges import (
     WEIGHT_FILES,
     DlibIdentityJudge,
@@ -246,23 +246,6 @@ def train_identity(root, run_dir: Path, config: JudgeConfig, loop: dict, data: s
     judge.meta |= {"test": identity_verification(judge, test_images, test_identity), "train": _train_summary(summary),
                    "threshold_from": "valid split, 3000+3000 pairs"}
     return judge, judge.meta["test"]
-
-
-def identity_faces(root, data: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images float (N, C, H, W) in [0, 1], person (N,)) for choosing and testing a verification threshold:
-    JAFFE's subjects (train / test subjects: disjoint), or CelebA's identities (valid / test split)."""
-    if data == "jaffe":
-        from faceedu.data.jaffe import JAFFE
-
-        images, _, _ = jaffe_split(root, split, size=128)
-        subjects = JAFFE(root, split=split, target_type="subject")
-        person = torch.tensor([subjects.subjects.index(s.subject) for s in subjects.samples])
-        return images, person
-    images, _, identity, _ = face_split(root, "valid" if split == "train" else split)
-    if identity is None:
-        raise FileNotFoundError(f"Verification needs to know who is who, and {root} has no identity_CelebA.txt. "
-                                "Give it the identity file, or calibrate on JAFFE: --data jaffe --kind identity.")
-    return images.float().div(255), identity
 
 
 def calibrate_dlib_identity(root, run_dir: Path, data: str, pairs: int = 1000) -> tuple[DlibIdentityJudge, dict]:
