@@ -193,7 +193,32 @@ def _trained(run: Path):
     return load_run(run)[0]
 
 
-SECTIONS = {"steps": step_recipes, "loop": loop_recipes, "quality": batch_quality}
+def compile_recipes(device: torch.device, work: Path) -> list[dict[str, Any]]:
+    """torch.compile and CUDA graphs in NCHW (channels_last tripped an inductor stride assertion in
+    convolution_backward on torch 2.11), and the large-batch loop with GPU-scale checkpoint intervals."""
+    from faceedu.train.vae import train_vae
+
+    full = replace(preset("full"), bf16=True)
+    rows = []
+    for name, mode in (("bf16, NCHW, torch.compile", "default"), ("bf16, NCHW, torch.compile + CUDA graphs", "reduce-overhead")):
+        row = {"recipe": name}
+        try:
+            row |= time_step(full, device, True, mode, False, warmup=20)
+        except Exception as error:  # noqa: BLE001
+            row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        torch.compiler.reset()
+    row = {"recipe": "full-large-batch loop, checkpoint every 1,000 steps, samples every 500", "steps": 1000}
+    loop = LoopConfig(device=str(device), progress=False, log_every=100, sample_every=500, checkpoint_every=1000)
+    summary = train_vae(preset("full-large-batch"), work / "runs" / "large-1000", work, steps=1000, loop=loop,
+                        dataset=random_faces(16_000, 144, device), preset_name="speed")
+    row |= {"images_per_s": summary["images_per_s"], "seconds": summary["seconds"]}
+    print(json.dumps(row), flush=True)
+    return rows + [row]
+
+
+SECTIONS = {"steps": step_recipes, "loop": loop_recipes, "quality": batch_quality, "compile": compile_recipes}
 
 
 def main(argv: list[str] | None = None) -> int:
