@@ -234,8 +234,13 @@ def _decode(dataset: CelebA, fit: FaceCrop, count: int, images: torch.Tensor | N
             images[i] = torch.from_numpy(np.asarray(fit.image(image)).copy()).permute(2, 0, 1)
             image_size = image.size
         elif decode_masks:
-            with Image.open(dataset.images / dataset.filenames[i]) as header:   # the size only: no decoding
-                image_size = header.size
+            path = dataset.images / dataset.filenames[i]
+            try:
+                with Image.open(path) as header:                    # the size only: no decoding
+                    image_size = header.size
+            except FileNotFoundError:
+                raise dataset_error(KIND, f"Image {path.name} is listed in {dataset.attr_file.name} but is "
+                                          f"missing on disk.", path) from None
         if decode_masks:
             labels = fit.label_map(dataset.label_map(i, image_size))
             face[i, 0] = torch.from_numpy(np.asarray(face_hair_hat_mask(labels), dtype=np.uint8))
