@@ -129,6 +129,18 @@ def test_synthfaces_still_gives_identities_and_masks(synth_root, cache):
 
 # --- the cache ------------------------------------------------------------------------------------------
 
+def test_masks_added_to_cached_images_match_a_fresh_decode(synth_root, cache):
+    """Images cached without masks, then masks asked for: only the label maps are read, and the result is
+    what decoding both at once gives; a longer `limit` than cached decodes again."""
+    images_only = load_face_tensors(synth_root, "valid", masks=False, limit=24)
+    both = load_face_tensors(synth_root, "valid", masks=True, limit=24)
+    fresh = load_face_tensors(synth_root, "valid", masks=True, limit=24, cache=False)
+    assert torch.equal(images_only.images, fresh.images) and torch.equal(both.masks, fresh.masks)
+    assert 0.1 < float(both.masks.float().mean()) < 0.9
+    longer = load_face_tensors(synth_root, "valid", masks=True, limit=40)
+    assert len(longer) == 40 and torch.equal(longer.images[:24], fresh.images)
+
+
 def test_cache_lives_outside_a_read_only_dataset_and_is_reused(tmp_path, cache):
     root = write_real_celeba(tmp_path / "data", n=16)
     before = tree(root)
