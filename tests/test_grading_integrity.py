@@ -48,6 +48,16 @@ def _name(entry) -> str:
     return f"lesson{entry.number:02d}"
 
 
+def _references(grader) -> tuple:
+    """What the grader blocks: its REFERENCES, and every module-level tuple of functions or classes (a
+    grader may keep one per group of exercises, as lesson 05's DECODE, LOSSES, ...)."""
+    found = list(getattr(grader, "REFERENCES", ()))
+    for value in vars(grader).values():
+        if isinstance(value, tuple) and value and all(callable(v) and not isinstance(v, str) for v in value):
+            found += [v for v in value if v not in found]
+    return tuple(found)
+
+
 def _test_cell(entry, exercise, fn) -> str | None:
     """What a lesson's test cell runs (visible, then hidden): the failure message, or None if it passed."""
     try:
@@ -104,7 +114,7 @@ def test_references_patched_to_the_wrong_answer_do_not_pass_it(entry, exercise, 
     mutant = _probe(entry, exercise)
     grader = _contract(entry).LESSON
     monkeypatch.setattr(grader, exercise, mutant)
-    for ref in grader.REFERENCES:
+    for ref in _references(grader):
         owner = sys.modules.get(getattr(ref, "__module__", ""))
         if isinstance(ref, types.FunctionType) and getattr(owner, ref.__name__, None) is ref:
             monkeypatch.setattr(owner, ref.__name__, mutant)
@@ -185,9 +195,10 @@ def test_a_copy_of_the_reference_is_rejected(entry, exercise):
     size = core._instructions(reference.__code__)
     plain, renamed = _copies(reference, grader)
     # a reference that delegates to the package's own function is rejected as a call of it; a short one
-    # (under core._STRICT_MIN instructions) only as a verbatim copy of a package function (its docstring
-    # is not in the notebook): a learner may well write four lines the way the package does
-    expect_plain = size >= core._STRICT_MIN or not reference.__module__.startswith("faceedu.grading")
+    # (under core._STRICT_MIN instructions) only as a verbatim copy of a documented package function (its
+    # docstring is not in the notebook): a learner may well write four lines the way the package does
+    expect_plain = size >= core._STRICT_MIN or (not reference.__module__.startswith("faceedu.grading")
+                                                 and bool(reference.__doc__))
     for copy, expected in ((plain, expect_plain), (renamed, size >= core._STRICT_MIN)):
         message = _test_cell(entry, exercise, copy)
         if expected:
@@ -201,15 +212,16 @@ def test_every_substantial_reference_is_recognised_when_copied(entry):
     """Copies of the package's own implementations (faceedu.losses.ssim, faceedu.editing.encode, ...):
     the plain and the renamed copy are both recognised, by the grader's list of references."""
     grader = _contract(entry).LESSON
-    functions = [f for ref in grader.REFERENCES for _, f in core._codes(ref) if "." not in f.__qualname__]
+    functions = [f for ref in _references(grader) for _, f in core._codes(ref) if "." not in f.__qualname__]
     substantial = [f for f in functions if core._instructions(f.__code__) >= core._STRICT_MIN
-                   or (core._instructions(f.__code__) >= core._VERBATIM_MIN and not f.__module__.startswith("faceedu.grading"))]
+                   or (core._instructions(f.__code__) >= core._VERBATIM_MIN and f.__doc__
+                       and not f.__module__.startswith("faceedu.grading"))]
     assert substantial
     for fn in substantial:
         plain, renamed = _copies(fn, sys.modules[fn.__module__])
-        assert core.copied_reference(plain, grader.REFERENCES) is not None, fn.__qualname__
+        assert core.copied_reference(plain, _references(grader)) is not None, fn.__qualname__
         if core._instructions(fn.__code__) >= core._STRICT_MIN:
-            assert core.copied_reference(renamed, grader.REFERENCES) is not None, fn.__qualname__
+            assert core.copied_reference(renamed, _references(grader)) is not None, fn.__qualname__
 
 
 def test_an_independent_solution_is_not_called_a_copy():
@@ -220,7 +232,7 @@ def test_an_independent_solution_is_not_called_a_copy():
     for entry in READY:
         grader = _contract(entry).LESSON
         for exercise, fn in exercise_functions(solution_path(entry.slug), entry.slug).items():
-            assert core.copied_reference(fn, grader.REFERENCES) is None, (entry.slug, exercise)
+            assert core.copied_reference(fn, _references(grader)) is None, (entry.slug, exercise)
 
 
 def test_the_loader_cannot_be_rebound_from_a_cell(monkeypatch):

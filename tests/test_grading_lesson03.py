@@ -74,6 +74,13 @@ def encode_ignores_batch_size(vae, images, batch_size=256):
     return codes
 
 
+def encode_leaves_eval_mode(vae, images, batch_size=256):
+    """Right codes, but a model that was training comes back in eval mode (the text now asks to restore it)."""
+    vae.eval()
+    with torch.no_grad():
+        return torch.cat([vae.encoder(chunk)[0] for chunk in images.split(batch_size)])
+
+
 def vectors_reversed(mu, attrs):
     """Negatives minus positives."""
     y = attrs.to(mu.dtype)
@@ -271,7 +278,7 @@ def orthogonalise_summed_directions(vector, others):
 
 MUTANTS = {
     "encode": [encode_logvar, encode_sampled, encode_train_mode, encode_keeps_graph, encode_drops_last_batch,
-               encode_ignores_batch_size],
+               encode_ignores_batch_size, encode_leaves_eval_mode],
     "attribute_vectors": [vectors_reversed, vectors_sums, vectors_minus_overall_mean, vectors_divide_by_n,
                           vectors_no_check, vectors_float32_labels],
     "edit_faces": [edit_scale_twice, edit_sampled, edit_unedited_mask, edit_no_composition, edit_normalised_vector,

@@ -132,8 +132,12 @@ def check_encode(fn, hidden: bool = False) -> None:
         vae.train()
         try:
             handed = bound.call(x, batch_size=5)
+            left_training = vae.training
         finally:
             vae.eval()
+        c.expect(left_training, "a model handed over in training mode came back in eval mode: remember "
+                                "`was_training = vae.training` first and call `vae.train(was_training)` before "
+                                "returning, so that encoding during a training run does not stop it.")
         c.expect_close(handed, mu, what="the codes of a model handed over in training mode", atol=1e-4,
                        hint="Switch to eval mode inside your function: callers may pass a model that was training.")
     c.done()
