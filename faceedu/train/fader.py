@@ -127,9 +127,9 @@ def train_fader(config: FaderConfig, run_dir: Path | str, root: Path | str, step
 
 def lesson_fader(root: Path | str, fast: bool = False, step_fn=None, schedule_fn=None,
                  steps: int | None = None) -> tuple[AutoEncoder, LatentDiscriminator, Path]:
-    """The Fader Network lesson 05 uses, and its run folder: $FACEEDU_FADER_RUN if set; else trained with
-    the quick preset and the learner's `step_fn` / `schedule_fn` into runs/fader-lesson05 (resumable: a
-    re-run reuses it). Fast mode trains 12 steps on 256 faces in a temporary folder (for tests: the
+    """The Fader Network lesson 05 uses, and its run folder: $FACEEDU_FADER_RUN if set; else a finished
+    runs/fader-quick (as lesson 03 reuses runs/vae-quick); else trained with the quick preset and the
+    learner's `step_fn` / `schedule_fn` into runs/fader-lesson05 (resumable: a re-run reuses it). Fast mode trains 12 steps on 256 faces in a temporary folder (for tests: the
     pictures mean nothing, the code paths are the same)."""
     import os
     import tempfile
@@ -146,8 +146,9 @@ def lesson_fader(root: Path | str, fast: bool = False, step_fn=None, schedule_fn
     repo = Path(__file__).resolve().parents[2]
     runs = repo / "runs" if (repo / "pyproject.toml").is_file() else Path.home() / ".cache" / "faceedu" / "runs"
     quick = runs / "fader-quick"
-    if not fast and step_fn is not None and is_finished(quick, config.steps) and os.environ.get("FACEEDU_REUSE_RUNS"):
-        print(f"Using the Fader Network that `faceedu train fader` trained in {quick} (FACEEDU_REUSE_RUNS).")
+    if not fast and is_finished(quick, config.steps) and not os.environ.get("FACEEDU_TRAIN_LESSON05"):
+        print(f"Using the Fader Network that `faceedu train fader` (or `faceedu tour`) trained in {quick}; "
+              "set FACEEDU_TRAIN_LESSON05=1 to train one with your own fader_step instead.")
         return (*load_run(quick)[:2], quick)
     if fast:
         run, steps = Path(tempfile.mkdtemp(prefix="faceedu-05-fader-")), 12
