@@ -183,6 +183,16 @@ def test_cache_notices_a_changed_folder(tmp_path, cache):
     assert third.images[0, 0].float().mean() > 240 and third.images[0, 2].float().mean() < 15
 
 
+def test_caches_of_removed_folders_are_pruned(tmp_path, cache):
+    import shutil
+
+    gone, kept = write_real_celeba(tmp_path / "gone", n=8), write_real_celeba(tmp_path / "kept", n=8)
+    load_face_tensors(gone, "train", masks=None)
+    shutil.rmtree(gone)
+    load_face_tensors(kept, "train", masks=None)               # writing a cache file prunes the others' dead ones
+    assert [p.read_text().strip() for p in cache.glob("*/source.txt")] == [str((kept / "celeba").resolve())]
+
+
 def test_same_folder_by_another_path_shares_the_cache(tmp_path, cache, monkeypatch):
     root = write_real_celeba(tmp_path / "data", n=16)
     load_face_tensors(root, "test", masks=None)

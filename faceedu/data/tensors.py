@@ -177,9 +177,20 @@ class _Cache:
             for stale in self.dir.glob(f"{self.prefix}-{what}-*.pt"):   # older versions of this folder
                 if stale != path:
                     stale.unlink(missing_ok=True)
+            _prune(self.dir.parent)
         except OSError as error:
             warnings.warn(f"Cannot write the decoded-data cache in {self.dir} ({error}); going on without it. "
                           f"Choose another place with --cache-dir or ${CACHE_ENV}.", stacklevel=3)
+
+
+def _prune(root: Path) -> None:
+    """Remove the caches of dataset folders that no longer exist (temporary copies, moved downloads)."""
+    import shutil
+
+    for folder in root.glob("celeba-*"):
+        source = folder / "source.txt"
+        if source.is_file() and not Path(source.read_text().strip()).exists():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 # --- the entry point ------------------------------------------------------------------------------------
