@@ -38,3 +38,9 @@ def test_bench_command_writes_json_and_page(tmp_path, capsys):
 
 def test_discover_skips_models_without_the_preset():
     assert bench.discover(["no-such-preset"]) == []
+
+
+def test_every_trained_model_offers_bench_tasks():
+    """Each model the course trains takes part in `faceedu bench` at its quick preset."""
+    names = {name for name, preset, _, _ in bench.discover(["quick"])}
+    assert {"vae", "cgan", "cgan-projection", "fader", "cyclegan", "judge-attributes"} <= names, names

@@ -320,6 +320,16 @@ def command_train(args) -> int:
     return 0 if summary else 1
 
 
+def bench_tasks(preset_name: str = "quick") -> dict[str, tuple[CycleGANTask, dict]]:
+    """For `faceedu bench`: the CycleGAN Task at a preset (its schedule half constant, half decay) and one
+    synthetic batch of unpaired faces in [-1, 1]."""
+    config = preset(preset_name)                      # KeyError for a preset CycleGAN does not have
+    g = torch.Generator().manual_seed(0)
+    shape = (config.batch_size, config.channels, config.image_size, config.image_size)
+    batch = {"A": torch.rand(shape, generator=g) * 2 - 1, "B": torch.rand(shape, generator=g) * 2 - 1}
+    return {"cyclegan": (CycleGANTask(config, (config.steps // 2, config.steps - config.steps // 2)), batch)}
+
+
 def command_eval(run_dir: Path, args) -> int:
     report = eval_run(run_dir, root=getattr(args, "run_root", None))
     print(format_report(report))
