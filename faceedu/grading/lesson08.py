@@ -1,7 +1,7 @@
 """Lesson 08 "CycleGAN on facial expressions": the reference for each exercise and the checks the notebook calls.
 
 Exercises (one concept each):
-  1. ``residual_block``        - x + [reflect pad, conv3x3, IN, ReLU, reflect pad, conv3x3, IN](x)
+  1. ``residual_block``        - x + F(x), F = reflect pad, conv3x3, IN, ReLU, reflect pad, conv3x3, IN
   2. ``patch_discriminator``   - the 70x70 PatchGAN: C64 - C128 - C256 (stride 2) - C512 (stride 1) - conv to 1
   3. ``receptive_field``       - the input patch one output unit sees, from (kernel, stride) pairs
   4. ``lsgan_losses``          - least-squares GAN: D's 0.5 ((D(x) - 1)^2 + D(G(z))^2) and G's (D(G(z)) - 1)^2

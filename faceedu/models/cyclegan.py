@@ -89,7 +89,7 @@ def preset(name: str, **overrides) -> CycleGANConfig:
 
 
 class ResnetBlock(nn.Module):
-    """x + [reflect pad 1, conv 3x3, IN, ReLU, reflect pad 1, conv 3x3, IN](x). Reflection padding keeps
+    """x + F(x) with F = reflect pad 1, conv 3x3, IN, ReLU, reflect pad 1, conv 3x3, IN. Reflection padding keeps
     the borders free of the zero-padding artefacts a translator would otherwise learn to paint."""
 
     def __init__(self, dim: int):
