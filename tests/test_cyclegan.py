@@ -149,7 +149,8 @@ def test_a_colour_image_is_refused_when_one_channel_is_expected(tmp_path, synth_
 # --- training: exact resume, the command line ------------------------------------------------------------
 
 def _tiny():
-    return preset("quick", ngf=4, ndf=4, n_blocks=1, pool_size=3, batch_size=2)
+    # threads=0: the resume test compares train_cyclegan with the loop called directly, on the same threads
+    return preset("quick", ngf=4, ndf=4, n_blocks=1, pool_size=3, batch_size=2, threads=0)
 
 
 def test_resume_is_exact(tmp_path, synth_root):
@@ -197,3 +198,25 @@ def test_cli_trains_and_evaluates(tmp_path, synth_root, capsys):
     assert status == 0 and "images/s" in out and "expression judge" in out and "cycle L1" in out
     assert (tmp_path / "run" / "eval" / "cycles.png").is_file()
     assert sorted(p.name for p in (tmp_path / "run" / "samples").glob("*.png")) == ["step_000002.png", "step_000004.png"]
+
+
+def test_the_quick_preset_trains_on_one_thread_and_gives_the_threads_back(tmp_path, synth_root):
+    """One thread while the quick preset trains (its result then does not depend on the core count); the
+    caller's setting afterwards."""
+    from faceedu.train.cyclegan import train_cyclegan
+    from faceedu.train.loop import LoopConfig
+
+    seen = []
+    before = torch.get_num_threads()
+    config = preset("quick", ngf=4, ndf=4, n_blocks=1, pool_size=3, batch_size=2)
+    assert config.threads == 1
+    import faceedu.train.cyclegan as T
+
+    step = T.CycleGANTask.step
+    T.CycleGANTask.step = lambda self, batch, i: seen.append(torch.get_num_threads()) or step(self, batch, i)
+    try:
+        train_cyclegan(config, tmp_path / "run", synth_root, steps=2,
+                       loop=LoopConfig(progress=False, sample_every=0, checkpoint_every=2, log_every=1))
+    finally:
+        T.CycleGANTask.step = step
+    assert seen == [1, 1] and torch.get_num_threads() == before

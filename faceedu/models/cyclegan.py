@@ -53,6 +53,7 @@ class CycleGANConfig:
     epochs_decay: float = 100      # n_epochs_decay: linear decay to 0
     steps: int | None = None       # overrides the epochs (the facepaint preset counts iterations)
     domains: tuple[str, str] = ("HA", "NE")
+    threads: int = 0               # CPU threads while training; 0: torch's default (all cores)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,8 +74,13 @@ PRESETS: dict[str, CycleGANConfig] = {
     # CPU minutes on SynthFaces-JAFFE: 32x32 faces (the judges still read their expression: 98% / 95% of
     # real HA / NE faces), narrow networks (ngf = ndf = 16), 6 blocks, batch 4, no random crop (flip only),
     # 1,600 steps (800 constant + 800 decay). Losses, weights, pool, init and Adam as the official code.
-    # At 32 px the 70-pixel field of the PatchGAN covers the whole face.
-    "quick": CycleGANConfig(image_size=32, load_size=32, ngf=16, ndf=16, n_blocks=6, batch_size=4, steps=1600),
+    # At 32 px the 70-pixel field of the PatchGAN covers the whole face. One CPU thread: these tensors are too
+    # small to gain much from a second (about 0.1 s a step with one or two on an idle machine; 25x slower with
+    # two on a busy one), and the run's result then does not change with the machine's core count. It does change with the
+    # summation order: one and two threads read 89 / 83 % and 78 / 89 % (HA->NE / NE->HA; 83 / 89 % and
+    # 89 / 67 % at 2,400 steps): the expression bars are met on average, not by every run (docs/results.md).
+    "quick": CycleGANConfig(image_size=32, load_size=32, ngf=16, ndf=16, n_blocks=6, batch_size=4, steps=1600,
+                            threads=1),
 }
 
 

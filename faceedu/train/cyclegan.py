@@ -169,7 +169,13 @@ def train_cyclegan(config: CycleGANConfig, run_dir: Path | str, root: Path | str
                 "split": {"train_images": {c: len(train_data.images[c]) for c in config.domains},
                           "test_images": {c: len(test_data.images[c]) for c in config.domains},
                           "test_subjects": test_data.test_subjects}}
-    return train(task, dataset, run_dir, loop, describe=describe)
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return train(task, dataset, run_dir, loop, describe=describe)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def load_run(run_dir: Path | str, map_location: str | torch.device = "cpu") -> tuple[CycleGAN, dict]:
