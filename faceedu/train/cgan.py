@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from faceedu.models.cgan import (CGANConfig, Generator, combinations, discriminator, gan_step, parameter_count,
                                  preset)
-from faceedu.train.loop import CHECKPOINT, LoopConfig, train
+from faceedu.train.loop import LoopConfig, read_run, train
 
 # --- data -----------------------------------------------------------------------------------------------
 
@@ -166,13 +166,9 @@ def train_cgan(config: CGANConfig, run_dir: Path | str, root: Path | str, steps:
 
 def load_run(run_dir: Path | str, map_location: str | torch.device = "cpu") -> tuple[Generator, dict]:
     """The trained generator of a run folder (eval mode) and its config.json."""
-    run_dir = Path(run_dir)
-    described = json.loads((run_dir / "config.json").read_text())
-    if described.get("model") != "cgan":
-        raise ValueError(f"{run_dir} holds a {described.get('model')!r} run, not a cGAN")
+    described, modules = read_run(run_dir, "cgan", "a cGAN", map_location)
     G = Generator(CGANConfig.from_dict(described["cgan"]))
-    state = torch.load(run_dir / CHECKPOINT, map_location=map_location, weights_only=True)
-    G.load_state_dict(state["modules"]["G"])
+    G.load_state_dict(modules["G"])
     return G.eval(), described
 
 

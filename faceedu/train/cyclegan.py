@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from faceedu.models.cyclegan import (CycleGAN, CycleGANConfig, ImagePool, discriminator_step_loss, generator_losses,
                                      linear_decay, preset, schedule_steps)
-from faceedu.train.loop import CHECKPOINT, LoopConfig, train
+from faceedu.train.loop import LoopConfig, read_run, train
 
 SAMPLE_FACES = 8  # fixed test faces per domain in the sample grids: one row of the loop's 8-wide grid each
 
@@ -180,14 +180,10 @@ def train_cyclegan(config: CycleGANConfig, run_dir: Path | str, root: Path | str
 
 def load_run(run_dir: Path | str, map_location: str | torch.device = "cpu") -> tuple[CycleGAN, dict]:
     """The trained CycleGAN of a run folder (eval mode) and its config.json."""
-    run_dir = Path(run_dir)
-    described = json.loads((run_dir / "config.json").read_text())
-    if described.get("model") != "cyclegan":
-        raise ValueError(f"{run_dir} holds a {described.get('model')!r} run, not a CycleGAN")
+    described, modules = read_run(run_dir, "cyclegan", "a CycleGAN", map_location)
     model = CycleGAN(CycleGANConfig.from_dict(described["cyclegan"]))
-    state = torch.load(run_dir / CHECKPOINT, map_location=map_location, weights_only=True)
     for name in ("G_A", "G_B", "D_A", "D_B"):
-        getattr(model, name).load_state_dict(state["modules"][name])
+        getattr(model, name).load_state_dict(modules[name])
     return model.eval(), described
 
 

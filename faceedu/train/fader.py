@@ -14,7 +14,7 @@ import torch
 
 from faceedu.models import fader as FN
 from faceedu.models.fader import AutoEncoder, FaderConfig, LatentDiscriminator, preset
-from faceedu.train.loop import CHECKPOINT, LoopConfig, train
+from faceedu.train.loop import CHECKPOINT, LoopConfig, read_run, train
 
 # Every ACCURACY_EVERY steps the latent discriminator's accuracy is measured in eval mode (no dropout,
 # running BatchNorm statistics, as the official evaluation) on the batch about to be trained on, and logged
@@ -166,15 +166,11 @@ def lesson_fader(root: Path | str, fast: bool = False, step_fn=None, schedule_fn
 
 def load_run(run_dir: Path | str, map_location: str | torch.device = "cpu") -> tuple[AutoEncoder, LatentDiscriminator, dict]:
     """The trained auto-encoder and latent discriminator of a run folder (eval mode) and its config.json."""
-    run_dir = Path(run_dir)
-    described = json.loads((run_dir / "config.json").read_text())
-    if described.get("model") != "fader":
-        raise ValueError(f"{run_dir} holds a {described.get('model')!r} run, not a Fader Network")
+    described, modules = read_run(run_dir, "fader", "a Fader Network", map_location)
     config = FaderConfig.from_dict(described["fader"])
     ae, lat_dis = AutoEncoder(config), LatentDiscriminator(config)
-    state = torch.load(run_dir / CHECKPOINT, map_location=map_location, weights_only=True)
-    ae.load_state_dict(state["modules"]["ae"])
-    lat_dis.load_state_dict(state["modules"]["lat_dis"])
+    ae.load_state_dict(modules["ae"])
+    lat_dis.load_state_dict(modules["lat_dis"])
     return ae.eval(), lat_dis.eval(), described
 
 

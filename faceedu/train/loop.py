@@ -211,6 +211,18 @@ def save_checkpoint(task: Task, path: Path, step: int, position: dict, extra: di
     }, path)
 
 
+def read_run(run_dir: Path | str, model: str, what: str,
+             map_location: torch.device | str = "cpu") -> tuple[dict, dict[str, dict]]:
+    """A run folder's config.json (checked to hold a `model` run; `what` names it in the error) and the
+    state dicts of its checkpoint's modules, for each model's `load_run`."""
+    run_dir = Path(run_dir)
+    described = json.loads((run_dir / "config.json").read_text())
+    if described.get("model") != model:
+        raise ValueError(f"{run_dir} holds a {described.get('model')!r} run, not {what}")
+    state = torch.load(run_dir / CHECKPOINT, map_location=map_location, weights_only=True)
+    return described, state["modules"]
+
+
 def load_checkpoint(task: Task, path: Path, map_location: torch.device | str = "cpu") -> dict:
     """Restore every module, optimiser, scheduler and RNG from `path`; return the checkpoint dict."""
     try:

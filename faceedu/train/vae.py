@@ -119,18 +119,11 @@ def run_data_root(run_dir: Path | str, described: dict, root: Path | str | None 
 
 def load_run(run_dir: Path | str, map_location: str | torch.device = "cpu") -> tuple[FaceVAE, dict]:
     """The trained VAE of a run folder (eval mode) and its config.json."""
-    import json
+    from faceedu.train.loop import read_run
 
-    from faceedu.train.loop import CHECKPOINT
-
-    run_dir = Path(run_dir)
-    described = json.loads((run_dir / "config.json").read_text())
-    if described.get("model") != "vae":
-        raise ValueError(f"{run_dir} holds a {described.get('model')!r} run, not a VAE")
-    config = VAEConfig.from_dict(described["vae"])
-    vae = FaceVAE(config)
-    state = torch.load(run_dir / CHECKPOINT, map_location=map_location, weights_only=True)
-    vae.load_state_dict(state["modules"]["vae"])
+    described, modules = read_run(run_dir, "vae", "a VAE", map_location)
+    vae = FaceVAE(VAEConfig.from_dict(described["vae"]))
+    vae.load_state_dict(modules["vae"])
     return vae.eval(), described
 
 
