@@ -311,3 +311,17 @@ def test_edit_runs(real_run, tmp_path, monkeypatch, capsys):
     with Image.open(out) as edited:
         assert edited.width > 2 * edited.height                  # input | reconstruction | edit
     assert "Wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model", ["cgan", "fader"])
+def test_the_generative_models_train_on_celeba_with_only_images_attributes_and_partition(model, tmp_path):
+    """Lessons 04 and 05 run unchanged on a real-layout CelebA without identities or label maps."""
+    from faceedu.cli import main
+    from faceedu.train.loop import CHECKPOINT
+
+    root = tmp_path / "data"
+    write_real_celeba(root, n=64)
+    run = tmp_path / model
+    assert main(["train", model, "--data", "celeba", "--root", str(root), "--run", str(run), "--steps", "2",
+                 "--batch-size", "8", "--no-progress"]) == 0
+    assert (run / CHECKPOINT).is_file()

@@ -87,10 +87,8 @@ def load_data(root: Path | str, split: str, config: FaderConfig, limit: int | No
     """The split as in-memory tensors at the model's size (with face masks where the data has them)."""
     from faceedu.data.tensors import load_face_tensors
 
-    try:
-        return load_face_tensors(root, split=split, size=config.image_size, masks=True, crop=config.crop, limit=limit)
-    except FileNotFoundError:                   # real CelebA without CelebAMask-HQ: no masks, still trainable
-        return load_face_tensors(root, split=split, size=config.image_size, masks=False, crop=config.crop, limit=limit)
+    # masks=None: when the folder has label maps (the masked SSIM of the evaluation); training needs none
+    return load_face_tensors(root, split=split, size=config.image_size, masks=None, crop=config.crop, limit=limit)
 
 
 def attribute_columns(names: list[str], attrs: tuple[str, ...]) -> list[int]:
