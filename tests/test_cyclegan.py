@@ -119,7 +119,7 @@ def test_unknown_or_repeated_domain_is_explained():
 
 def _jaffe_folder(tmp_path: Path, synth_root: Path, keep) -> Path:
     folder = tmp_path / "jaffe"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     for path in sorted((synth_root / "jaffe").glob("*.tiff")):
         if keep(path.name):
             shutil.copy(path, folder / path.name)
@@ -198,6 +198,14 @@ def test_cli_trains_and_evaluates(tmp_path, synth_root, capsys):
     assert status == 0 and "images/s" in out and "expression judge" in out and "cycle L1" in out
     assert (tmp_path / "run" / "eval" / "cycles.png").is_file()
     assert sorted(p.name for p in (tmp_path / "run" / "samples").glob("*.png")) == ["step_000002.png", "step_000004.png"]
+    assert "judged by the expression judge: trained on SynthFaces" in out and "WARNING" not in out
+    # the same faces as a real JAFFE folder (no SynthFaces marker): the SynthFaces judges say so, with the fix
+    real = _jaffe_folder(tmp_path / "real", synth_root, lambda name: True)
+    assert main(["eval", str(tmp_path / "run"), "--root", str(real)]) == 0
+    out = capsys.readouterr().out
+    for kind in ("expression", "identity"):
+        assert f"WARNING: the {kind} judge was trained on SynthFaces, but {real} holds JAFFE faces" in out
+        assert f"faceedu train judge --data jaffe --kind {kind} --root {real.resolve()}" in out
 
 
 def test_the_quick_preset_trains_on_one_thread_and_gives_the_threads_back(tmp_path, synth_root):

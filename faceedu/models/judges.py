@@ -477,17 +477,19 @@ def provenance_warning(judge, root: Path | str, family: str | None = None) -> st
 
 
 def judges_for(root: Path | str, judges: Path | str | None = None, kinds: Sequence[str] = tuple(WEIGHT_FILES),
-               device: torch.device | str = "cpu", verbose: bool = True) -> Judges:
+               device: torch.device | str = "cpu", verbose: bool = True, family: str | None = None) -> Judges:
     """The judges in folder `judges` (default: the shipped SynthFaces ones) for judging the faces under `root`:
     prints what each was trained on and, when that is another kind of faces than `root` holds, a warning
-    with the command that trains the right ones. What the lessons and every judging command call."""
+    with the command that trains the right ones. What the lessons and every judging command call.
+    `family` ("celeba" or "jaffe") names the faces judged when it is not each judge's usual kind (JUDGE_DATA),
+    e.g. the identity judge on JAFFE subjects."""
     loaded = load_judges(judges, device, kinds)
     loaded.warnings = []
     for kind in kinds:
         judge = getattr(loaded, kind)
         if judge is None:
             continue
-        warning = provenance_warning(judge, root)
+        warning = provenance_warning(judge, root, family)
         if warning:
             loaded.warnings.append(warning)
         if verbose:

@@ -268,12 +268,16 @@ def format_report(report: dict[str, Any]) -> str:
              f"Fréchet distance (expression judge's features, not FID): {B} {report[f'frechet_{B}']:.2f} "
              f"(floor {report[f'frechet_floor_{B}']:.2f}), {A} {report[f'frechet_{A}']:.2f} "
              f"(floor {report[f'frechet_floor_{A}']:.2f})"]
+    lines += [f"judged by the {line}" for line in report.get("judges", [])] + report.get("judge_warnings", [])
     return "\n".join(lines)
 
 
-def eval_run(run_dir: Path | str, root: Path | str | None = None, out: Path | str | None = None) -> dict:
-    """`faceedu eval RUN` for a CycleGAN run: the judged report (eval.json) and the A->B->A / B->A->B figure."""
-    from faceedu.models.judges import load_judges
+def eval_run(run_dir: Path | str, root: Path | str | None = None, out: Path | str | None = None,
+             judges: Path | str | None = None) -> dict:
+    """`faceedu eval RUN` for a CycleGAN run: the judged report (eval.json) and the A->B->A / B->A->B figure.
+    `judges`: a judges folder (default: the shipped SynthFaces ones); the report names what they were trained
+    on and warns when that is not the kind of faces under `root`."""
+    from faceedu.models.judges import judges_for
     from faceedu.viz import save_grid
 
     run_dir = Path(run_dir)
@@ -283,8 +287,10 @@ def eval_run(run_dir: Path | str, root: Path | str | None = None, out: Path | st
     out.mkdir(parents=True, exist_ok=True)
     test = load_data(root, model.config, "test")
     real = load_data(root, model.config, "all")
-    report = evaluate_cyclegan(model, test, load_judges(), real=real)
-    report |= {"run": str(run_dir), "preset": described.get("preset"), "bars": bars_met(report)}
+    referees = judges_for(root, judges, kinds=("expression", "identity"), verbose=False, family="jaffe")
+    report = evaluate_cyclegan(model, test, referees, real=real)
+    report |= {"run": str(run_dir), "preset": described.get("preset"), "bars": bars_met(report),
+               "judges": referees.describe(), "judge_warnings": referees.warnings}
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     A, B = fixed_test_faces(test, model.config)
     save_grid(cycle_rows(model, A, B), out / "cycles.png", columns=len(A))
@@ -333,6 +339,6 @@ def bench_tasks(preset_name: str = "quick") -> dict[str, tuple[CycleGANTask, dic
 
 
 def command_eval(run_dir: Path, args) -> int:
-    report = eval_run(run_dir, root=getattr(args, "run_root", None))
+    report = eval_run(run_dir, root=getattr(args, "run_root", None), judges=getattr(args, "judges", None))
     print(format_report(report))
     return 0
