@@ -69,6 +69,8 @@ class CGANConfig:
     balance: bool = False                      # resample the real faces to equal shares of the 2^k combinations
     bf16: bool = False                         # bfloat16 autocast where native (losses stay float32)
     channels_last: bool = False                # NHWC memory: faster convolutions on CPUs (oneDNN)
+    g_ema: float = 0.0                         # > 0: also keep an exponential moving average of G's weights
+                                               # with this decay and draw faces with it (not in the seed)
     epochs: float = 25.0                       # passes over the training split
     epoch_images: int = 162_770                # CelebA's training split
 

@@ -5,6 +5,7 @@ feature space) and `faceedu train cgan`."""
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 from dataclasses import asdict
@@ -98,23 +99,41 @@ class CGANTask:
         self.optimizers = {"G": torch.optim.Adam(self.G.parameters(), lr=config.lr_g, betas=betas),
                            "D": torch.optim.Adam(self.D.parameters(), lr=config.lr_d, betas=betas)}
         self.schedulers: dict[str, Any] = {}
+        # G_ema: a moving average of G's weights (Karras et al. 2018; Yazici et al. 2019) that draws the faces;
+        # it smooths the oscillation of the adversarial game. Not in the seed: off unless config.g_ema > 0.
+        self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if config.g_ema > 0 else None
         g = torch.Generator().manual_seed(1234)                      # the fixed z of every sample grid
         self.grid_y = combinations(len(config.attrs))[:16]
         self.grid_z = torch.randn(8, config.z_dim, generator=g)
 
     @property
     def modules(self) -> dict[str, torch.nn.Module]:
-        return {"G": self.G, "D": self.D}
+        return {"G": self.G, "D": self.D} | ({"G_ema": self.G_ema} if self.G_ema is not None else {})
 
     def step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         x = batch["image"] * 2 - 1                                    # [0, 1] -> [-1, 1], the range of tanh
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return gan_step(_plain(self.G), self.D, self.optimizers["G"], self.optimizers["D"], x, batch["attr"], self.config)
+        losses = gan_step(_plain(self.G), self.D, self.optimizers["G"], self.optimizers["D"], x, batch["attr"], self.config)
+        if self.G_ema is not None:
+            update_ema(self.G_ema, _plain(self.G), self.config.g_ema, step)
+        return losses
 
     def samples(self, batch: Any) -> torch.Tensor:
         """A grid: one row per attribute combination (up to 16), the same 8 z in every row."""
-        return combination_grid(_plain(self.G), self.grid_z, self.grid_y)
+        return combination_grid(_plain(self.G_ema if self.G_ema is not None else self.G), self.grid_z, self.grid_y)
+
+
+@torch.no_grad()
+def update_ema(average: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    """average <- decay * average + (1 - decay) * model, weight by weight, with the decay warmed up as
+    (1 + step) / (10 + step) early on (TensorFlow's ExponentialMovingAverage) so the first steps' noise
+    washes out; BatchNorm's running statistics are copied from the model."""
+    decay = min(decay, (1 + step) / (10 + step))
+    for a, p in zip(average.parameters(), model.parameters()):
+        a.lerp_(p.detach().to(a.dtype), 1 - decay)
+    for a, b in zip(average.buffers(), model.buffers()):
+        a.copy_(b)
 
 
 def _plain(module: torch.nn.Module) -> torch.nn.Module:
@@ -165,10 +184,10 @@ def train_cgan(config: CGANConfig, run_dir: Path | str, root: Path | str, steps:
 
 
 def load_run(run_dir: Path | str, map_location: str | torch.device = "cpu") -> tuple[Generator, dict]:
-    """The trained generator of a run folder (eval mode) and its config.json."""
+    """The trained generator of a run folder (eval mode; its moving average when the run kept one) and its config.json."""
     described, modules = read_run(run_dir, "cgan", "a cGAN", map_location)
     G = Generator(CGANConfig.from_dict(described["cgan"]))
-    G.load_state_dict(modules["G"])
+    G.load_state_dict(modules.get("G_ema", modules["G"]))          # the moving average when the run kept one
     return G.eval(), described
 
 
@@ -212,13 +231,17 @@ def format_report(result: dict) -> str:
     lines.append(f"diversity {result['diversity']:.3f} vs real {result['real_diversity']:.3f} "
                  f"(ratio {result['diversity_ratio']:.2f}); Fréchet distance in judge features "
                  f"{result['frechet']:.3f} (real-vs-real floor {result['frechet_floor']:.3f}; not FID)")
+    lines += [f"judged by the {line}" for line in result.get("judges", [])] + result.get("judge_warnings", [])
     return "\n".join(lines)
 
 
 def eval_run(run_dir: Path | str, root: Path | str | None = None, out: Path | str | None = None,
-             real_limit: int = 2000, per_combination: int = 500) -> dict:
+             real_limit: int = 2000, per_combination: int = 500, judges: Path | str | None = None) -> dict:
     """`faceedu eval RUN` for a cGAN run: the bars on the test split (eval.json), the combination grid and
-    the D(x)/D(G(z)) curves, written to RUN/eval/ (or `out`)."""
+    the D(x)/D(G(z)) curves, written to RUN/eval/ (or `out`). `judges`: a judges folder (default: the shipped
+    SynthFaces ones); the report names what they were trained on and warns when that is not the kind of
+    faces under `root` (the SynthFaces judges on real CelebA photographs)."""
+    from faceedu.models.judges import judges_for
     from faceedu.viz import plot_loss_curves, save_grid
 
     run_dir = Path(run_dir)
@@ -228,9 +251,11 @@ def eval_run(run_dir: Path | str, root: Path | str | None = None, out: Path | st
     out = Path(out) if out is not None else run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     real = load_data(root, "test", config, limit=real_limit).images()
-    result = evaluate_cgan(G, config.attrs, real, per_combination=per_combination)
+    referees = judges_for(root, judges, kinds=("attributes",), verbose=False)
+    result = evaluate_cgan(G, config.attrs, real, per_combination=per_combination, judge=referees.require("attributes"))
     result |= {"run": str(run_dir), "preset": described.get("preset"), "discriminator": config.discriminator,
-               "loss": config.loss, "steps": described["loop"]["steps"]}
+               "loss": config.loss, "steps": described["loop"]["steps"], "g_ema": config.g_ema,
+               "judges": referees.describe(), "judge_warnings": referees.warnings}
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     task_grid = combination_grid(G, torch.randn(8, config.z_dim, generator=torch.Generator().manual_seed(1234)),
                                  combinations(len(config.attrs))[:16])
@@ -278,7 +303,8 @@ def command_train(args) -> int:
 
 
 def command_eval(run_dir: Path, args) -> int:
-    result = eval_run(run_dir, root=getattr(args, "run_root", None), real_limit=getattr(args, "limit", None) or 2000)
+    result = eval_run(run_dir, root=getattr(args, "run_root", None), real_limit=getattr(args, "limit", None) or 2000,
+                      judges=getattr(args, "judges", None))
     print(f"{run_dir} ({result['preset']}, {result['discriminator']} D, {result['steps']} steps)")
     print(format_report(result))
     print(f"Wrote {run_dir / 'eval'}/eval.json, combinations.png, curves.png")
