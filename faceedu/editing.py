@@ -104,7 +104,7 @@ def lesson_vae(root: Path | str, steps: int, fast: bool = False) -> tuple[FaceVA
     from faceedu.data.tensors import load_face_tensors
     from faceedu.models.vae import preset
     from faceedu.train.loop import CHECKPOINT, LoopConfig
-    from faceedu.train.vae import default_steps, load_run, train_vae
+    from faceedu.train.vae import default_steps, load_run, run_model_differences, train_vae
 
     repo = Path(__file__).resolve().parents[1]         # a source checkout (not an installed package)
 
@@ -130,6 +130,13 @@ def lesson_vae(root: Path | str, steps: int, fast: bool = False) -> tuple[FaceVA
         run, steps = Path(tempfile.mkdtemp(prefix="faceedu-03-vae-")), 12
     else:
         run = runs / "vae-lesson03"
+    if not fast and finished(run, steps):
+        print(f"Using the VAE trained earlier in {run}.")
+        return load_run(run)[0], run                     # its config.json builds the network it was trained as
+    if not fast and run_model_differences(config, run) and (run / CHECKPOINT).is_file():
+        stale = run.with_name(run.name + "-other-model")   # an unfinished run of an older network: kept, not resumed
+        print(f"{run} holds an unfinished VAE of another network; moved to {stale}, training afresh.")
+        run.rename(stale)
     print(f"Training the quick VAE for {steps} steps into {run} (later runs of this notebook reuse it) ...")
     data = load_face_tensors(root, "train", size=config.image_size, masks=config.use_mask, crop=config.crop,
                              limit=256) if fast else None

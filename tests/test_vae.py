@@ -11,11 +11,13 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from faceedu.models.vae import (FaceVAE, PRESETS, VAEConfig, clip_per_parameter, lr_factor, parameter_count, preset,
-                                reparameterise, vae_losses)
+import numpy as np
+
+from faceedu.models.vae import (FaceVAE, PRESETS, SameConvTranspose2d, VAEConfig, clip_per_parameter, lr_factor,
+                                parameter_count, preset, reparameterise, up_block, vae_losses)
 from faceedu.train.loop import CHECKPOINT, LoopConfig, load_checkpoint
 from faceedu.data.tensors import load_face_tensors
-from faceedu.train.vae import VAETask, evaluate_vae, load_run, train_vae
+from faceedu.train.vae import VAETask, check_same_model, evaluate_vae, load_run, train_vae
 
 POSTER_PARAMETERS = 16_630_564      # the poster's Keras count (BatchNorm moving statistics included)
 QUICK_BAR = {"masked_ssim": 0.80}
@@ -59,6 +61,156 @@ def test_full_preset_is_the_papers_network():
     assert (config.ssim_weight, config.l1_weight, config.l2_weight, config.kl_weight) == (1.0, 4.0, 100.0, 1e-3)
     assert (config.lr, config.clip_norm, config.batch_size) == (1e-4, 1e-3, 32)
     print(f"\n[vae] full preset: {parameter_count(vae):,} parameters")
+
+
+def test_full_preset_has_exactly_the_released_models_parameters():
+    """Counted on the original Keras model (tensorflow-cpu 2.21 + tf_keras, references.md): 9,328,228
+    trainable + 8,960 BatchNorm moving statistics; encoder (with Dense and z_mean/z_logvar) 4,324,512, image
+    decoder 4,734,819, mask decoder 268,897."""
+    vae = FaceVAE(PRESETS["full"])
+    assert parameter_count(vae) == 9_328_228
+    assert parameter_count(vae, with_buffers=True) - parameter_count(vae) == 8_960
+    assert parameter_count(vae.encoder) == 4_324_512
+    assert parameter_count(vae.image_decoder) == 4_734_819
+    assert parameter_count(vae.mask_decoder) == 268_897
+    for name in ("released-code", "paper-h9", "full-large-batch"):
+        assert parameter_count(FaceVAE(PRESETS[name])) == 9_328_228, name
+
+
+# --- Keras' conventions (issue 17) -------------------------------------------------------------------------
+
+
+def conv2d_tf(y: np.ndarray, w: np.ndarray, stride: int, padding: str) -> np.ndarray:
+    """TensorFlow's conv2d written from its documented rule, in numpy. "SAME": output side ceil(n / s),
+    pad_total = max((out - 1) s + k - n, 0), pad_total // 2 before and the rest after; "VALID": side
+    (n - k) // s + 1, no padding; cross-correlation. y (C_out, n, n), w (C_in, C_out, k, k)
+    (ConvTranspose2d's layout) -> (C_in, out, out). Keras' Conv2DTranspose with the same padding is by
+    definition this map's adjoint (TF computes it as its gradient with respect to the input)."""
+    c_out, n, _ = y.shape
+    k = w.shape[-1]
+    out = -(-n // stride) if padding == "SAME" else (n - k) // stride + 1
+    pad = max((out - 1) * stride + k - n, 0) if padding == "SAME" else 0
+    padded = np.pad(y, ((0, 0), (pad // 2, pad - pad // 2), (pad // 2, pad - pad // 2)))
+    result = np.zeros((w.shape[0], out, out))
+    for i in range(out):
+        for j in range(out):
+            window = padded[:, i * stride:i * stride + k, j * stride:j * stride + k]      # (C_out, k, k)
+            result[:, i, j] = np.einsum("oab,ioab->i", window, w)
+    return result
+
+
+def test_same_transposed_conv_centres_input_j_on_output_2j_plus_1_as_keras():
+    """A delta through a known kernel, worked by hand: Keras' stride-2 "same" Conv2DTranspose puts input
+    (j, i) at output rows 2j..2j+2, columns 2i..2i+2 (centre (2j+1, 2i+1)) and drops what falls past
+    the 2n-th row or column. PyTorch's ConvTranspose2d(padding=1, output_padding=1) centres it on (2j, 2i)."""
+    kernel = torch.arange(1.0, 10.0).reshape(3, 3)                    # asymmetric: a flip or shift shows
+    up = SameConvTranspose2d(1, 1)
+    with torch.no_grad():
+        up.weight.copy_(kernel[None, None]), up.bias.zero_()
+    x = torch.zeros(1, 1, 4, 4)
+    x[0, 0, 1, 2] = 1.0
+    expected = np.zeros((8, 8))
+    expected[2:5, 4:7] = kernel.numpy()                               # rows 2j..2j+2 = 2..4, cols 2i.. = 4..6
+    out = up(x)[0, 0].detach().numpy()
+    assert out.shape == (8, 8) and np.array_equal(out, expected)
+    assert out[3, 5] == 5.0                                           # the kernel's centre on (2j+1, 2i+1)
+    corner = torch.zeros(1, 1, 4, 4)
+    corner[0, 0, 3, 3] = 1.0
+    expected = np.zeros((8, 8))
+    expected[6:8, 6:8] = kernel.numpy()[:2, :2]                       # row/col 2n = 8 cropped away
+    assert np.array_equal(up(corner)[0, 0].detach().numpy(), expected)
+    torch_style = up_block(1, 1, odd=False, config=VAEConfig(transpose_align="torch"))[0]
+    with torch.no_grad():
+        torch_style.weight.copy_(kernel[None, None]), torch_style.bias.zero_()
+    assert torch_style(x)[0, 0, 2, 4] == 5.0 and not torch.equal(torch_style(x), up(x))   # centred on (2j, 2i)
+
+
+@pytest.mark.parametrize("n", [1, 4, 9])
+def test_every_decoder_stage_is_the_adjoint_of_tensorflows_same_or_valid_convolution(n):
+    """Random weights and inputs, several channels: <up(x), y> = <x, conv(y)> for TF's conv2d with the
+    matching padding, i.e. the stage is exactly Keras' Conv2DTranspose (the "valid" 4 -> 9 stage too)."""
+    g = torch.Generator().manual_seed(n)
+    for odd in (False, True):
+        up = up_block(3, 5, odd=odd, config=PRESETS["full"])[0].double()
+        with torch.no_grad():
+            up.weight.copy_(torch.randn(up.weight.shape, generator=g, dtype=torch.float64)), up.bias.zero_()
+        x = torch.randn(1, 3, n, n, generator=g, dtype=torch.float64)
+        out = up(x)[0].detach().numpy()
+        assert out.shape[-1] == (2 * n + 1 if odd else 2 * n)
+        y = np.random.default_rng(n).standard_normal(out.shape)
+        adjoint = conv2d_tf(y, up.weight.detach().numpy(), 2, "VALID" if odd else "SAME")
+        assert adjoint.shape == (3, n, n)
+        assert np.isclose((out * y).sum(), (x[0].numpy() * adjoint).sum(), rtol=1e-10)
+
+
+def test_batchnorm_initialisation_and_adam_follow_keras():
+    """BatchNorm momentum 0.99 (PyTorch's 0.01) and epsilon 1e-3; glorot_uniform weights (bound
+    sqrt(6 / (fan_in + fan_out)), variance 2 / (fan_in + fan_out)) and zero biases; Adam epsilon 1e-7."""
+    vae = FaceVAE(PRESETS["full"])
+    norms = [m for m in vae.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) == 11 + 2 * 14 and 2 * sum(m.num_features for m in norms) == 8_960
+    assert all(m.momentum == 0.01 and m.eps == 1e-3 for m in norms)
+    layers = [m for m in vae.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))]
+    assert len(layers) == 1 + 10 + 3 + 2 * 14 + 2                      # 11 convs + Dense + 2 heads; 2 x (7 + 7 + 1)
+    for m in layers:
+        w = m.weight.detach()
+        fan_in, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(w)
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        assert float(w.abs().max()) <= bound and torch.count_nonzero(m.bias) == 0
+        if w.numel() >= 10_000:                                       # a uniform's variance, to 5 %
+            assert float(w.var()) == pytest.approx(bound ** 2 / 3, rel=0.05)
+    task = VAETask(PRESETS["full"])
+    assert task.optimizers["vae"].param_groups[0]["eps"] == 1e-7
+    old = FaceVAE(VAEConfig(init="torch", bn_momentum=0.1, bn_eps=1e-5))
+    assert any(torch.count_nonzero(m.bias) for m in old.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_released_code_and_paper_best_row_presets():
+    """`released-code`: the code's default losses (2 - SSIM + 4 MAE, no MSE) at a constant 1e-4;
+    `paper-h9`: the paper's best row (SSIM + l2 with the mask: 2 - SSIM + 100 MSE) at the same constant 1e-4;
+    `full`: all three terms and the / 3 every 10 epochs schedule. Everything else is the same model."""
+    code, h9, full = PRESETS["released-code"], PRESETS["paper-h9"], PRESETS["full"]
+    assert code.image_losses == ("ssim", "l1") and h9.image_losses == ("ssim", "l2")
+    assert full.image_losses == ("ssim", "l1", "l2")
+    epoch = code.epoch_images // code.batch_size
+    for config in (code, h9):
+        assert config.use_mask and (config.lr, config.clip_norm, config.batch_size, config.epochs) == (1e-4, 1e-3, 32, 100)
+        assert all(lr_factor(config, e * epoch) == 1.0 for e in (0, 10, 50, 99))
+        assert (config.ssim_weight, config.l1_weight, config.l2_weight, config.kl_weight) == (1.0, 4.0, 100.0, 1e-3)
+    assert lr_factor(full, 10 * epoch) == pytest.approx(1 / 3)
+    small = {"image_size": 16, "encoder": ((4,), (8,)), "dense": 16, "latent": 8, "decoder_in": (8, 4),
+             "decoder": (8, 4), "mask_decoder": (4, 4)}
+    x, mask = torch.rand(2, 3, 16, 16), torch.ones(2, 1, 16, 16)
+    for name, terms in (("released-code", {"ssim", "l1"}), ("paper-h9", {"ssim", "l2"})):
+        config = preset(name, **small)
+        out = vae_losses(config, FaceVAE(config)(x), x, mask)
+        assert set(out) - {"bce", "dice", "kl", "loss"} == terms
+        image = sum({"ssim": 1.0, "l1": 4.0, "l2": 100.0}[t] * out[t] for t in terms)
+        assert torch.allclose(out["loss"], image + out["bce"] + out["dice"] + 1e-3 * out["kl"] / 8)
+
+
+def test_runs_saved_before_the_keras_conventions_load_as_trained_and_are_not_resumed(tmp_path):
+    """A config.json without the new fields builds the PyTorch-convention network it was trained as; a
+    checkpoint of another network is never resumed into the new one."""
+    config = VAEConfig(image_size=16, encoder=((4,), (8,)), dense=16, latent=8, decoder_in=(8, 4), decoder=(8, 4),
+                       mask_decoder=(4, 4), batch_size=4)
+    saved = {k: v for k, v in config.to_dict().items()
+             if k not in ("transpose_align", "bn_momentum", "bn_eps", "init", "adam_eps")}
+    old = VAEConfig.from_dict(saved)
+    assert (old.transpose_align, old.bn_momentum, old.bn_eps, old.init, old.adam_eps) == ("torch", 0.1, 1e-5, "torch", 1e-8)
+    assert VAEConfig.from_dict(config.to_dict()) == config
+    data = RandomFaces(8, 16)
+    loop = LoopConfig(device="cpu", progress=False, log_every=1, sample_every=0, checkpoint_every=1)
+    train_vae(old, tmp_path / "old", root="unused", steps=1, loop=loop, dataset=data)
+    described = json.loads((tmp_path / "old" / "config.json").read_text())
+    for key in ("transpose_align", "bn_momentum", "bn_eps", "init", "adam_eps"):
+        del described["vae"][key]                                     # as a run written before issue 17
+    (tmp_path / "old" / "config.json").write_text(json.dumps(described))
+    vae, _ = load_run(tmp_path / "old")
+    assert vae.config.transpose_align == "torch" and vae.encoder.features[0][1].eps == 1e-5
+    check_same_model(old, tmp_path / "old")                           # the same network: resumable
+    with pytest.raises(ValueError, match="transpose_align: saved 'torch', asked 'keras'"):
+        train_vae(config, tmp_path / "old", root="unused", steps=2, loop=loop, dataset=data)
 
 
 def test_poster_preset_parameter_count_is_close_to_the_posters():

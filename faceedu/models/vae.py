@@ -23,6 +23,13 @@ standard deviation) while its KL treats the same output as log sigma. At the KL 
 sampled noise is therefore zero and the model behaves like a regularised autoencoder. This module does
 it right: sigma = exp(logvar / 2). Everything else follows the paper's code; differences are noted where
 they occur.
+
+Keras conventions kept (docs/vae.md, "The released code and the paper"): a stride-2 "same" transposed
+convolution centres input pixel j on output pixel 2j + 1 (`SameConvTranspose2d`; PyTorch's
+ConvTranspose2d(padding=1, output_padding=1) would centre it on 2j, one pixel off per stage); BatchNorm
+with Keras' momentum 0.99 and epsilon 1e-3 (PyTorch's momentum=0.01); glorot_uniform weights and zero
+biases; Adam's epsilon 1e-7. Runs saved before these were adopted load with the PyTorch conventions
+they were trained with (`VAEConfig.from_dict` and LEGACY).
 """
 
 from __future__ import annotations
@@ -76,6 +83,12 @@ class VAEConfig:
     channels_last: bool = False               # NHWC memory: faster convolutions on CPUs (oneDNN)
     epochs: float = 100.0                     # x 4000 steps of 32 in the paper's code (128k images/epoch)
     epoch_images: int = 128_000
+    # Keras' conventions, as the released code ran (LEGACY: the PyTorch ones of runs saved before them)
+    transpose_align: str = "keras"            # "keras": stride-2 "same" puts input j on output 2j+1; "torch": 2j
+    bn_momentum: float = 0.01                 # PyTorch's convention for Keras' momentum 0.99 (1 - 0.99)
+    bn_eps: float = 1e-3                      # Keras' BatchNormalization epsilon
+    init: str = "keras"                       # "keras": glorot_uniform weights, zero biases; "torch": its defaults
+    adam_eps: float = 1e-7                    # Keras' Adam epsilon
 
     def __post_init__(self) -> None:
         self.encoder = tuple(tuple(stage) for stage in self.encoder)
@@ -84,14 +97,26 @@ class VAEConfig:
         unknown = set(self.image_losses) - {"ssim", "l1", "l2"}
         if unknown or not self.image_losses:
             raise ValueError(f"image_losses must be a non-empty subset of ssim, l1, l2; got {self.image_losses}")
+        if self.transpose_align not in ("keras", "torch"):
+            raise ValueError(f"transpose_align must be 'keras' or 'torch'; got {self.transpose_align!r}")
+        if self.init not in ("keras", "torch"):
+            raise ValueError(f"init must be 'keras' or 'torch'; got {self.init!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "VAEConfig":
+        """The config of a saved run; a field the run predates takes the value it was trained with (LEGACY)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return cls(**(LEGACY | {k: v for k, v in values.items() if k in known}))
+
+
+# What runs saved before the Keras conventions (issue 17) were trained with: PyTorch's defaults.
+LEGACY: dict = {"transpose_align": "torch", "bn_momentum": 0.1, "bn_eps": 1e-5, "init": "torch", "adam_eps": 1e-8}
+# The fields that define the network a checkpoint holds (a run may only resume into the same network).
+MODEL_FIELDS = ("image_size", "encoder", "dense", "dense_bn", "latent", "decoder_in", "decoder", "decoder_convs",
+                "mask_decoder", "use_mask", "transpose_align", "bn_momentum", "bn_eps", "init")
 
 
 PRESETS: dict[str, VAEConfig] = {
@@ -117,6 +142,14 @@ PRESETS: dict[str, VAEConfig] = {
 PRESETS["full-large-batch"] = replace(PRESETS["full"], batch_size=256, lr=1e-4 * math.sqrt(8),
                                       lr_min=1e-5 * math.sqrt(8), bf16=True, channels_last=True)
 
+# Exactly the released code (training.py as `python training.py` runs it): its default add_losses() is
+# 2 - SSIM + 4 MAE (add_MSE=False: no L2) + BCE + Dice + 1e-3 KL, and Adam at a constant 1e-4 (its
+# decay_schedule callback is never passed to fit, and its condition lr <= 1e-5 could not fire from 1e-4).
+PRESETS["released-code"] = replace(PRESETS["full"], image_losses=("ssim", "l1"), lr_decay=1.0)
+# The paper's best row, H9 (SSIM + l2 with the mask; 1-SSIM 0.307) as the released code trains it:
+# add_losses(add_MAE=False, add_MSE=True), i.e. 2 - SSIM + 100 MSE, the same constant 1e-4.
+PRESETS["paper-h9"] = replace(PRESETS["full"], image_losses=("ssim", "l2"), lr_decay=1.0)
+
 
 def preset(name: str, **overrides) -> VAEConfig:
     """A copy of a named preset with some fields changed, e.g. ``preset("quick", use_mask=False)``."""
@@ -128,16 +161,62 @@ def preset(name: str, **overrides) -> VAEConfig:
 # --- building blocks ----------------------------------------------------------------------------------
 
 
-def conv_block(c_in: int, c_out: int) -> nn.Sequential:
+def batch_norm(channels: int, config: VAEConfig | None = None, dims: int = 2) -> nn.Module:
+    """BatchNorm with the config's momentum and epsilon (Keras' 0.99 / 1e-3 by default; PyTorch's
+    momentum is 1 - Keras')."""
+    config = config or VAEConfig()
+    norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+    return norm(channels, eps=config.bn_eps, momentum=config.bn_momentum)
+
+
+def conv_block(c_in: int, c_out: int, config: VAEConfig | None = None) -> nn.Sequential:
     """Conv3x3 (same padding) + BatchNorm + ELU, the paper's ConvBlock."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ELU())
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), batch_norm(c_out, config), nn.ELU())
 
 
-def up_block(c_in: int, c_out: int, odd: bool) -> nn.Sequential:
-    """Transposed conv3x3 stride 2 + BatchNorm + ELU: side n -> 2n (or 2n + 1 when `odd`, the paper's
-    'valid' stage that turns 4 into 9 on the way to 144)."""
-    up = nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=0 if odd else 1, output_padding=0 if odd else 1)
-    return nn.Sequential(up, nn.BatchNorm2d(c_out), nn.ELU())
+class SameConvTranspose2d(nn.ConvTranspose2d):
+    """Keras' Conv2DTranspose(strides=s, padding="same"): side n -> s n, input pixel j centred on output
+    pixel s j + (k - 1) / 2 - (k - s) // 2, i.e. 2j + 1 for k = 3, s = 2.
+
+    TensorFlow computes it as the gradient of a "same" convolution, which pads (k - s) // 2 before and
+    the rest after: the full transposed convolution (side (n - 1) s + k) cropped to [(k - s) // 2,
+    (k - s) // 2 + s n). PyTorch's ConvTranspose2d(padding=1, output_padding=1) crops one pixel at the
+    start instead, so it centres input j on 2j: the same parameters, every stage one pixel off.
+    The weights are an ordinary ConvTranspose2d's (same shape, same state_dict keys)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int = 3, stride: int = 2):
+        super().__init__(c_in, c_out, kernel_size, stride=stride, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        full = super().forward(x)                         # (B, C, (n - 1) s + k, ...)
+        k, s = self.kernel_size[0], self.stride[0]
+        start = (k - s) // 2
+        return full[..., start:start + s * x.shape[-2], start:start + s * x.shape[-1]]
+
+
+def up_block(c_in: int, c_out: int, odd: bool, config: VAEConfig | None = None) -> nn.Sequential:
+    """Transposed conv3x3 stride 2 + BatchNorm + ELU: side n -> 2n ("same"), or 2n + 1 when `odd`, the
+    paper's "valid" stage that turns 4 into 9 on the way to 144 (input j centred on 2j + 1 in both
+    frameworks). `config.transpose_align` "keras" aligns "same" stages as Keras, "torch" as
+    ConvTranspose2d(padding=1, output_padding=1) (runs saved before issue 17)."""
+    config = config or VAEConfig()
+    if odd:
+        up = nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=0)
+    elif config.transpose_align == "keras":
+        up = SameConvTranspose2d(c_in, c_out, 3, stride=2)
+    else:
+        up = nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1)
+    return nn.Sequential(up, batch_norm(c_out, config), nn.ELU())
+
+
+def keras_init(module: nn.Module) -> None:
+    """Keras' defaults, applied with `module.apply`: glorot_uniform kernels (Dense, Conv2D and
+    Conv2DTranspose alike: U(-a, a), a = sqrt(6 / (fan_in + fan_out)), the fans including the kernel's
+    receptive field) and zero biases. BatchNorm starts at gamma 1, beta 0 in both frameworks."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def stage_sides(image_size: int, stages: int) -> list[int]:
@@ -173,7 +252,7 @@ class Encoder(nn.Module):
         layers, c = [], 3
         for widths in config.encoder:
             for width in widths:
-                layers.append(conv_block(c, width))
+                layers.append(conv_block(c, width, config))
                 c = width
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
@@ -182,9 +261,11 @@ class Encoder(nn.Module):
             raise ValueError(f"{len(config.encoder)} max-pools leave nothing of a {config.image_size}px image")
         dense = [nn.Linear(c * side * side, config.dense)]
         if config.dense_bn:
-            dense.append(nn.BatchNorm1d(config.dense))
+            dense.append(batch_norm(config.dense, config, dims=1))
         self.dense = nn.Sequential(*dense, nn.ELU())
         self.head = head if head is not None else EncoderHead(config.dense, config.latent)
+        if config.init == "keras":
+            self.apply(keras_init)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.features(x).flatten(1)         # (B, C * side * side), 512 for the paper
@@ -216,11 +297,13 @@ class Decoder(nn.Module):
                              f"they would start from side {targets[0]}")
         layers, c = [], c0
         for width, before, after in zip(widths, targets[:-1], targets[1:]):
-            layers.append(up_block(c, width, odd=after == 2 * before + 1))
-            layers.extend(conv_block(width, width) for _ in range(config.decoder_convs))
+            layers.append(up_block(c, width, odd=after == 2 * before + 1, config=config))
+            layers.extend(conv_block(width, width, config) for _ in range(config.decoder_convs))
             c = width
         layers += [nn.Conv2d(c, channels, 3, padding=1), nn.Sigmoid()]
         self.net = nn.Sequential(*layers)
+        if config.init == "keras":
+            self.apply(keras_init)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.project(z).view(len(z), *self.start)   # (B, c0, s, s)

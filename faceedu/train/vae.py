@@ -11,12 +11,14 @@ import torch
 
 from faceedu.data.synthfaces import dataset_fingerprint
 from faceedu.data.tensors import load_face_tensors
-from faceedu.models.vae import FaceVAE, VAEConfig, as_float32, clip_per_parameter, lr_factor, preset, vae_losses
+from faceedu.models.vae import (MODEL_FIELDS, FaceVAE, VAEConfig, as_float32, clip_per_parameter, lr_factor, preset,
+                                vae_losses)
 from faceedu.train.loop import LoopConfig, train
 
 
 class VAETask:
-    """Adam on every parameter, the learning rate divided by 3 every 10 epochs down to 1e-5 (paper),
+    """Adam (epsilon 1e-7 as Keras') on every parameter, the config's learning-rate schedule (`full`: / 3
+    every 10 epochs down to 1e-5; `released-code` and `paper-h9`: a constant 1e-4 as the released code),
     per-parameter gradient-norm clipping as Keras' clipnorm.
 
     `compile_mode` ("default", "reduce-overhead", "max-autotune") runs the forward pass and the losses
@@ -33,7 +35,8 @@ class VAETask:
         self.loss_fn = loss_fn or vae_losses             # (config, out, x, mask) -> {"loss": ..., terms}
         self.compile_mode = compile_mode
         self._compiled: tuple | None = None               # (forward, losses), made at the first step
-        optimizer = torch.optim.Adam(self.vae.parameters(), lr=config.lr, fused=True)   # one kernel per step
+        optimizer = torch.optim.Adam(self.vae.parameters(), lr=config.lr, eps=config.adam_eps,   # Keras' 1e-7
+                                     fused=True)                                               # one kernel per step
         self.optimizers = {"vae": optimizer}
         self.schedulers = {"vae": torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))}
 
@@ -93,6 +96,7 @@ def train_vae(config: VAEConfig, run_dir: Path | str, root: Path | str, steps: i
     returns the loop's summary. `dataset` overrides the data (tests pass a small one); `compile_mode` as in
     VAETask (a GPU at batch 32 wants "reduce-overhead")."""
     steps = steps if steps is not None else default_steps(config)
+    check_same_model(config, run_dir)
     loop = loop or LoopConfig()
     loop = LoopConfig(**(asdict(loop) | {"steps": steps, "batch_size": config.batch_size, "seed": seed,
                                          "bf16": loop.bf16 or config.bf16}))
@@ -103,6 +107,30 @@ def train_vae(config: VAEConfig, run_dir: Path | str, root: Path | str, steps: i
     describe = {"model": "vae", "preset": preset_name, "data": data_path, "data_fingerprint": fingerprint,
                 "vae": config.to_dict()}
     return train(VAETask(config, seed=seed, compile_mode=compile_mode), dataset, run_dir, loop, describe=describe)
+
+
+def run_model_differences(config: VAEConfig, run_dir: Path | str) -> list[str]:
+    """The network-defining fields (MODEL_FIELDS) in which a run folder's saved VAE differs from `config`
+    (empty when there is no saved run; a run saved before a field existed has the value it was trained with)."""
+    import json
+
+    described_path = Path(run_dir) / "config.json"
+    if not described_path.is_file():
+        return []
+    described = json.loads(described_path.read_text())
+    if described.get("model") != "vae" or "vae" not in described:
+        return []
+    saved = VAEConfig.from_dict(described["vae"])
+    return [f"{name}: saved {getattr(saved, name)!r}, asked {getattr(config, name)!r}"
+            for name in MODEL_FIELDS if getattr(saved, name) != getattr(config, name)]
+
+
+def check_same_model(config: VAEConfig, run_dir: Path | str) -> None:
+    """Refuse to resume a run whose checkpoint holds another network (e.g. one saved before the Keras
+    conventions of issue 17): its weights would load into the wrong model without an error."""
+    if Path(run_dir, "checkpoint.pt").is_file() and (differences := run_model_differences(config, run_dir)):
+        raise ValueError(f"{run_dir} holds a VAE trained with another network ({'; '.join(differences)}); "
+                         "train into a new --run folder (or move this one away) instead of resuming it.")
 
 
 def run_data_root(run_dir: Path | str, described: dict, root: Path | str | None = None) -> Path:
@@ -254,7 +282,7 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(f"{label:>14}  {metrics[key]:.4f}" for key, label in names.items() if key in metrics)
 
 
-__all__ = ["VAETask", "train_vae", "load_run", "run_data_root", "sample_rows", "default_steps", "preset", "evaluate_vae",
+__all__ = ["VAETask", "train_vae", "load_run", "check_same_model", "run_model_differences", "run_data_root", "sample_rows", "default_steps", "preset", "evaluate_vae",
            "eval_run", "reconstruction_figure", "format_metrics"]
 
 
