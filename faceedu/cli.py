@@ -269,8 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     vae = train_commands.add_parser("vae", help="the face VAE with a mask decoder (Toledo & Antonelo 2021)")
     vae.add_argument("--compile", default=None, choices=["default", "reduce-overhead", "max-autotune"],
                      help="torch.compile the step; reduce-overhead adds CUDA graphs (GPU, batch 32)")
-    vae.add_argument("--preset", choices=["quick", "full", "full-large-batch", "poster"], default="quick",
-                     help="quick: 64x64 SynthFaces on a CPU; full: the paper (144x144); full-large-batch: the paper's schedule at batch 256 for a GPU; poster: latent 2048")
+    vae.add_argument("--preset", choices=["quick", "full", "released-code", "paper-h9", "full-large-batch", "poster"],
+                     default="quick",
+                     help="quick: 64x64 SynthFaces on a CPU; full: the paper's model (144x144), SSIM+L1+L2, lr / 3 every 10 epochs; "
+                          "released-code: exactly the released code (SSIM+L1, constant lr 1e-4); paper-h9: the paper's best row "
+                          "(SSIM+L2 with the mask, constant lr 1e-4); full-large-batch: full at batch 256 for a GPU; poster: latent 2048")
     vae.add_argument("--data", choices=["synth", "celeba"], default="synth", help="what --root holds")
     vae.add_argument("--root", type=Path, default=DEFAULT_SYNTH_ROOT)
     vae.add_argument("--run", type=Path, default=None, help="run folder (default runs/vae-PRESET; resumes)")
