@@ -174,3 +174,38 @@ def test_edit_command_on_a_fader_run(trained_fader, synth_root, tmp_path):
     assert out.is_file()
     with pytest.raises(SystemExit, match="Blond_Hair"):
         main(["edit", str(trained_fader["run"]), "--image", str(image), "--attr", "Blond_Hair", "--out", str(out)])
+
+
+def test_fader_eval_names_its_judges_and_warns_on_real_layout_data(tmp_path, capsys):
+    """The shipped judges were trained on SynthFaces: judging a Fader Network trained on a real-layout CelebA
+    names them and warns, with the command that trains judges on that data (as lessons 01-04 do)."""
+    from realfixtures import write_real_celeba
+
+    from faceedu.cli import main
+
+    root = write_real_celeba(tmp_path / "data", n=64)
+    run = tmp_path / "run"
+    assert main(["train", "fader", "--data", "celeba", "--root", str(root), "--run", str(run), "--steps", "2",
+                 "--batch-size", "8", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--limit", "16"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((run / "eval" / "eval.json").read_text())
+    assert any("SynthFaces" in line for line in result["judges"]), result["judges"]
+    assert result["judge_warnings"] and "faceedu train judge --data celeba" in result["judge_warnings"][0]
+    assert "judged by the attributes judge: trained on SynthFaces" in out and result["judge_warnings"][0] in out
+
+
+def test_fader_report_on_synthfaces_names_its_judges_without_a_warning(synth_root, tmp_path):
+    from faceedu.data.tensors import load_face_tensors
+    from faceedu.train.fader import format_report, report, train_fader
+    from faceedu.train.loop import LoopConfig
+
+    config = preset("quick", batch_size=8)
+    data = load_face_tensors(synth_root, split="train", size=64, masks=False, crop=config.crop, limit=64)
+    train_fader(config, tmp_path / "run", synth_root, steps=2, dataset=data,
+                loop=LoopConfig(progress=False, sample_every=0))
+    result = report(tmp_path / "run", root=synth_root, faces=16, figures=False)
+    assert result["judges"] and all("SynthFaces" in line for line in result["judges"]), result["judges"]
+    assert result["judge_warnings"] == []
+    assert "judged by the attributes judge: trained on SynthFaces" in format_report(result)

@@ -273,8 +273,10 @@ def evaluate_fader(ae: AutoEncoder, lat_dis: LatentDiscriminator, data: Any, jud
         row = {"attribute": name, "success": float((after[:, j] == 1 - y[:, a]).float().mean()),
                "success_add": float(after[y[:, a] == 0, j].mean()) if (y[:, a] == 0).any() else float("nan"),
                "success_remove": float(1 - after[y[:, a] == 1, j].mean()) if (y[:, a] == 1).any() else float("nan"),
-               "kept": float(kept.mean()),
-               "kept_worst": judge.attributes[others[int(kept.argmin())]], "kept_min": float(kept.min())}
+               # no other attribute read reliably on the reconstructions (a barely trained model): nothing to keep
+               "kept": float(kept.mean()) if others else float("nan"),
+               "kept_worst": judge.attributes[others[int(kept.argmin())]] if others else "",
+               "kept_min": float(kept.min()) if others else float("nan"), "reliable": len(others)}
         if identity is not None:
             row["identity_cosine"] = float(identity.similarity(recon, edited).mean())
         slider = []
@@ -325,15 +327,17 @@ def judged_flips(edit_fn, x: torch.Tensor, recon: torch.Tensor, labels: torch.Te
 
 
 def compare_with_vae(fader_run: Path | str, vae_run: Path | str, root: Path | str, faces: int = 300,
-                     scale: float = 2.0, vector_faces: int = 8000) -> dict:
+                     scale: float = 2.0, vector_faces: int = 8000, judges_folder: Path | str | None = None) -> dict:
     """Lesson 05 against lesson 03 on the same test faces and the same judges: each of the Fader run's
     attributes flipped by the Fader Network (alpha = -+1) and by the quick VAE's attribute vector
-    (mu -+ scale * v_a, vectors from `vector_faces` training faces)."""
+    (mu -+ scale * v_a, vectors from `vector_faces` training faces). The result names the judges (what they
+    were trained on) and carries the warning when they were trained on other faces than `root` holds."""
     from faceedu import editing
-    from faceedu.models.judges import load_judges
+    from faceedu.models.judges import judges_for
 
     ae, _, _ = load_run(fader_run)
-    judges = load_judges(kinds=["attributes", "identity"])
+    judges = judges_for(root, judges_folder, kinds=["attributes", "identity"], verbose=False)
+    judges.require("attributes")
     data = load_data(root, "test", ae.config, limit=faces)
     names = list(data.attr_names)
     x, labels = data.images.float().div(255), data.attr.float()
@@ -353,6 +357,7 @@ def compare_with_vae(fader_run: Path | str, vae_run: Path | str, root: Path | st
         return editing.decode(space.vae, mu + signs * scale * space.vector(name), images)
 
     return {"faces": len(x), "scale": scale, "attrs": list(ae.config.attrs),
+            "judges": judges.describe(), "judge_warnings": judges.warnings,
             "fader": judged_flips(fader_edit, x, FN.reconstruct(ae, x, y), labels, names, ae.config.attrs, judges),
             "vae": judged_flips(vae_edit, x, editing.decode(space.vae, mu, x), labels, names, ae.config.attrs, judges)}
 
@@ -365,6 +370,7 @@ def comparison_markdown(result: dict) -> str:
             r = next(row for row in result[key] if row["attribute"] == name)
             lines.append(f"| {name.replace('_', ' ')} | {label} | {r['success']:.0%} | {r['kept']:.0%} | "
                          f"{r['kept_worst'].replace('_', ' ')} | {r.get('identity_cosine', float('nan')):.3f} |")
+    lines += [""] + [f"Judged by the {line}." for line in result.get("judges", [])] + result.get("judge_warnings", [])
     return "\n".join(lines) + "\n"
 
 
@@ -435,11 +441,13 @@ def slider_figure(ae: AutoEncoder, x: torch.Tensor, y: torch.Tensor, path: Path 
 
 
 def report(run_dir: Path | str, out: Path | str | None = None, root: Path | str | None = None, faces: int = 500,
-           figures: bool = True) -> dict:
+           figures: bool = True, judges: Path | str | None = None) -> dict:
     """`faceedu eval RUN` for a Fader run: evaluate_fader on the test split, the Fréchet distance of the
-    flipped faces in the judge's feature space (with its real-vs-real floor; not FID), eval.json and figures."""
+    flipped faces in the judge's feature space (with its real-vs-real floor; not FID), eval.json and figures.
+    `judges`: a judges folder (default: the shipped SynthFaces ones); the report names what they were trained
+    on and warns when that is not the kind of faces under `root` (the SynthFaces judges on real CelebA)."""
     from faceedu import metrics as M
-    from faceedu.models.judges import load_judges
+    from faceedu.models.judges import judges_for
     from faceedu.viz import save_grid
 
     run_dir = Path(run_dir)
@@ -448,15 +456,17 @@ def report(run_dir: Path | str, out: Path | str | None = None, root: Path | str 
     out = Path(out) if out is not None else run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(root, "test", ae.config, limit=max(faces, 1000))
-    judges = load_judges(kinds=["attributes", "identity"])
-    result = evaluate_fader(ae, lat_dis, data, judges, faces=faces)
+    referees = judges_for(root, judges, kinds=["attributes", "identity"], verbose=False)
+    referees.require("attributes")
+    result = evaluate_fader(ae, lat_dis, data, referees, faces=faces)
     x, recon = result.pop("originals"), result.pop("reconstructions")
     y = data.attr[:faces][:, attribute_columns(list(data.attr_names), ae.config.attrs)]
     flipped = FN.edit(ae, x, 1 - 2 * y.float())       # every attribute flipped at once
     real = data.images[:1000].float().div(255)
-    result["frechet"] = {"reconstructions": M.generation_report(judges.attributes, real, recon),
-                         "all_flipped": M.generation_report(judges.attributes, real, flipped)}
-    result |= {"run": str(run_dir), "preset": described.get("preset"), "steps": described.get("loop", {}).get("steps")}
+    result["frechet"] = {"reconstructions": M.generation_report(referees.attributes, real, recon),
+                         "all_flipped": M.generation_report(referees.attributes, real, flipped)}
+    result |= {"run": str(run_dir), "preset": described.get("preset"), "steps": described.get("loop", {}).get("steps"),
+               "judges": referees.describe(), "judge_warnings": referees.warnings}
     (out / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
     if figures:
         slider_figure(ae, x[:2], y[:2], out / "sliders.png")
@@ -484,6 +494,7 @@ def format_report(result: dict) -> str:
         for k, v in result["frechet"].items():
             lines.append(f"Fréchet distance (judge features, not FID) of {k}: {v['frechet']:.2f} "
                          f"(real-vs-real floor {v['frechet_floor']:.2f})")
+    lines += [f"judged by the {line}" for line in result.get("judges", [])] + result.get("judge_warnings", [])
     return "\n".join(lines)
 
 
@@ -516,7 +527,8 @@ def command_train(args) -> int:
 
 
 def command_eval(run_dir: Path, args) -> int:
-    result = report(run_dir, root=getattr(args, "run_root", None), faces=getattr(args, "limit", None) or 500)
+    result = report(run_dir, root=getattr(args, "run_root", None), faces=getattr(args, "limit", None) or 500,
+                    judges=getattr(args, "judges", None))
     print(f"{run_dir} ({result['preset']}, {result['faces']} test faces)")
     print(format_report(result))
     print(f"Wrote {run_dir / 'eval'}/eval.json, sliders.png, flips.png, lat_dis_accuracy.png")
