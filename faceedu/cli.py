@@ -169,6 +169,12 @@ def _latent(args: argparse.Namespace) -> int:
     return command_latent(args)
 
 
+def _nst(args: argparse.Namespace) -> int:
+    from faceedu.models.nst import command_nst
+
+    return command_nst(args)
+
+
 def _bench(args: argparse.Namespace) -> int:
     from faceedu.bench import run_bench
 
@@ -412,6 +418,24 @@ def build_parser() -> argparse.ArgumentParser:
     latent.add_argument("--no-figures", action="store_true")
     latent.add_argument("--judges", type=Path, default=None, help="judges folder (default: the shipped SynthFaces ones)")
     latent.set_defaults(func=_latent)
+
+    nst = commands.add_parser("nst", help="neural style transfer onto a face, optionally inside a face/hair/background mask")
+    nst.add_argument("--content", type=Path, required=True, help="the face (RGB image)")
+    nst.add_argument("--style", type=Path, required=True, help="the style image (RGB)")
+    nst.add_argument("--mask", default="none", help="where the style goes: face | hair | background | none (default: none)")
+    nst.add_argument("--size", type=int, default=256, help="working size in pixels (default: %(default)s)")
+    nst.add_argument("--steps", type=int, default=300, help="optimiser iterations (default: %(default)s)")
+    nst.add_argument("--optimizer", choices=["lbfgs", "adam"], default="lbfgs")
+    nst.add_argument("--init", choices=["content", "noise"], default="content")
+    nst.add_argument("--style-weight", type=float, default=None, help="beta (default: the feature network's, printed)")
+    nst.add_argument("--content-weight", type=float, default=1.0, help="alpha (default: %(default)g)")
+    nst.add_argument("--tv-weight", type=float, default=None, help="total variation weight (default: the feature network's)")
+    nst.add_argument("--lr", type=float, default=0.02, help="Adam's learning rate (default: %(default)g)")
+    nst.add_argument("--seed", type=int, default=0)
+    nst.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's own)")
+    nst.add_argument("--no-progress", action="store_true")
+    nst.add_argument("--out", type=Path, required=True, help="the styled image (PNG); the losses plot goes beside it")
+    nst.set_defaults(func=_nst)
 
     bench = commands.add_parser("bench", help="training throughput, FLOPs and memory per model and preset")
     bench.add_argument("--models", default="all", help="comma list (default: every model available)")
