@@ -51,7 +51,7 @@ LESSONS: tuple[Lesson, ...] = (
            "Lample et al. 2017; Fedotova et al. 2018", status="ready"),
     Lesson(6, "06_diat", "Deep identity-aware transfer",
            "a transform network with identity, attribute and perceptual losses; landmark masks for local edits",
-           "Li, Zuo & Zhang 2016 (DIAT, arXiv v1)"),
+           "Li, Zuo & Zhang 2016 (DIAT, arXiv v1)", status="ready"),
     Lesson(7, "07_nst", "Neural style transfer",
            "Gram matrices, content and style losses, optimising pixels with L-BFGS; style inside a face mask",
            "Gatys et al. 2016; FacePaint 2019"),
