@@ -339,13 +339,20 @@ def build_parser() -> argparse.ArgumentParser:
     fader.add_argument("--no-progress", action="store_true")
     fader.set_defaults(func=_train_fader)
 
-    cyclegan = train_commands.add_parser("cyclegan", help="CycleGAN between two JAFFE expressions (Zhu et al. 2017)")
-    cyclegan.add_argument("--preset", choices=["quick", "full", "facepaint"], default="quick",
-                          help="quick: CPU minutes on SynthFaces-JAFFE; full: the official code at 256 px; "
-                               "facepaint: FacePaint's 350 iterations at lr 5e-4 (default: %(default)s)")
-    cyclegan.add_argument("--domains", default="HA,NE", help="two JAFFE expression codes A,B (default: %(default)s)")
+    cyclegan = train_commands.add_parser("cyclegan", help="CycleGAN between two expressions (Zhu et al. 2017)")
+    cyclegan.add_argument("--preset", choices=["quick", "quick-celeba", "full", "facepaint"], default="quick",
+                          help="quick: CPU minutes on SynthFaces-JAFFE; quick-celeba: the same on CelebA-layout faces "
+                               "at 64 px colour; full: the official code at 256 px; facepaint: FacePaint's 350 "
+                               "iterations at lr 5e-4 (default: %(default)s)")
+    cyclegan.add_argument("--data", choices=["jaffe", "celeba"], default=None,
+                          help="jaffe: two JAFFE expressions; celeba: a CelebA attribute and its absence "
+                               "(default: the preset's)")
+    cyclegan.add_argument("--domains", default=None,
+                          help="jaffe: two expression codes A,B (default HA,NE); celeba: one attribute, faces with "
+                               "it (A) and without (B) (default Smiling)")
     cyclegan.add_argument("--root", type=Path, default=None,
-                          help="a JAFFE folder (or one holding jaffe/); default SynthFaces at datasets/synthfaces")
+                          help="a JAFFE folder (or one holding jaffe/), or a CelebA-layout one for --data celeba; "
+                               "default SynthFaces at datasets/synthfaces")
     cyclegan.add_argument("--run", type=Path, default=None, help="run folder (default runs/cyclegan-PRESET; resumes)")
     cyclegan.add_argument("--steps", type=int, default=None, help="default: the preset's (half constant, half decay)")
     cyclegan.add_argument("--batch-size", type=int, default=None)

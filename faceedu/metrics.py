@@ -187,6 +187,13 @@ def expression_transfer_rate(judge, translated: torch.Tensor, target: str | torc
     return float((predicted == target).float().mean())
 
 
+def attribute_rate(judge, images: torch.Tensor, attribute: str, present: bool = True) -> float:
+    """Share of `images` that the attribute judge reads as having `attribute` (or, `present=False`, lacking it)."""
+    device, column = next(judge.parameters()).device, judge.index(attribute)
+    seen = torch.cat([judge.predict(images[i:i + 500].to(device))[:, column].cpu() for i in range(0, len(images), 500)])
+    return float((seen.bool() == present).float().mean())
+
+
 def edit_report(judges, original: torch.Tensor, edited: torch.Tensor, attribute: str, target: float | torch.Tensor,
                 mask: torch.Tensor | None = None) -> dict[str, Any]:
     """Everything about one attribute edit: success, preservation, identity, and the image metrics before vs after."""

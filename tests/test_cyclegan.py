@@ -3,6 +3,7 @@ pool, schedule), the JAFFE expression data and its errors, exact resume, and the
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from pathlib import Path
@@ -228,3 +229,45 @@ def test_the_quick_preset_trains_on_one_thread_and_gives_the_threads_back(tmp_pa
     finally:
         T.CycleGANTask.step = step
     assert seen == [1, 1] and torch.get_num_threads() == before
+
+
+def test_celeba_smiling_pairing_loads_both_domains_from_the_partition(synth_root):
+    from faceedu.data.expressions import load_attribute_domains, parse_attribute_domains
+    from faceedu.data.tensors import load_face_tensors
+
+    assert parse_attribute_domains("Smiling") == parse_attribute_domains("Smiling,not_Smiling") == ("Smiling", "not_Smiling")
+    faces = load_face_tensors(synth_root, split="test", size=32, masks=False, limit=300)
+    pairing = load_attribute_domains(synth_root, "Smiling", "test", size=32, limit=300)
+    smiling = faces.attr[:, faces.attr_names.index("Smiling")].bool()
+    assert torch.equal(pairing.images["Smiling"], faces.images[smiling])
+    assert torch.equal(pairing.images["not_Smiling"], faces.images[~smiling])
+    assert pairing.subjects["Smiling"] == [str(int(i)) for i in faces.identity[smiling]]
+    train_ids = set(load_attribute_domains(synth_root, "Smiling", "train", size=32, limit=2000).subjects["Smiling"])
+    assert not train_ids & set(pairing.subjects["Smiling"])          # CelebA's partition keeps identities apart
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--preset", "quick-celeba", "--domains", "Smiles"], "Unknown CelebA attribute 'Smiles'"),
+    (["--preset", "quick-celeba", "--domains", "Smiling,Male"], "Give one CelebA attribute"),
+    (["--data", "celeba", "--preset", "quick"], "use --preset quick-celeba"),
+    (["--preset", "quick-celeba", "--data", "jaffe"], "preset is for CelebA faces"),
+])
+def test_cli_bad_celeba_pairing(tmp_path, synth_root, argv, message):
+    from faceedu.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "cyclegan", "--root", str(synth_root), "--run", str(tmp_path / "run"), "--steps", "2", *argv])
+    assert message in str(exit_info.value) and str(exit_info.value).startswith("faceedu train cyclegan:")
+
+
+def test_cli_trains_and_evaluates_the_celeba_smiling_pairing(tmp_path, synth_root, capsys):
+    from faceedu.cli import main
+
+    status = main(["train", "cyclegan", "--preset", "quick-celeba", "--root", str(synth_root), "--steps", "2",
+                   "--batch-size", "2", "--run", str(tmp_path / "run"), "--no-progress", "--sample-every", "2"])
+    out = capsys.readouterr().out
+    assert status == 0 and "images/s" in out and "attributes judge: not_Smiling on Smiling->not_Smiling" in out
+    assert "judged by the attributes judge: trained on SynthFaces" in out and "WARNING" not in out
+    report = json.loads((tmp_path / "run" / "eval" / "eval.json").read_text())
+    assert report["data"] == "celeba" and report["domains"] == ["Smiling", "not_Smiling"]
+    assert report["judge_Smiling_on_real_Smiling"] > 0.8 and report["judge_not_Smiling_on_real_not_Smiling"] > 0.8

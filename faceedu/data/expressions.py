@@ -1,8 +1,11 @@
-"""Two JAFFE expressions as in-memory tensors, for an unpaired translator (CycleGAN, lesson 08): each
-domain's faces of one side of JAFFE's subject-disjoint split, decoded once at the size the model wants.
+"""Two expression domains as in-memory tensors, for an unpaired translator (CycleGAN, lesson 08), decoded
+once at the size the model wants:
 
-Works unchanged on the real JAFFE folder (213 grayscale TIFFs, 10 subjects) and on SynthFaces' JAFFE-layout
-folder (`datasets/synthfaces/jaffe`).
+- two JAFFE expressions (e.g. happy, neutral): each domain's faces of one side of JAFFE's subject-disjoint
+  split; works unchanged on the real JAFFE folder (213 grayscale TIFFs, 10 subjects) and on SynthFaces'
+  JAFFE-layout folder (`datasets/synthfaces/jaffe`);
+- a CelebA attribute and its absence (e.g. Smiling, not_Smiling): the larger pairing, on CelebA's own
+  partition (whose identities do not overlap), from any CelebA-layout folder via `load_face_tensors`.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from faceedu.data.celeba import KIND as CELEBA
 from faceedu.data.jaffe import JAFFE, KIND, _expression_codes
 from faceedu.data.layout import JAFFE_EXPRESSIONS, dataset_error
 from faceedu.data.loading import open_image
+from faceedu.data.tensors import load_face_tensors
 
 
 @dataclass
@@ -92,4 +97,44 @@ def load_expression_tensors(root: Path | str, domains: str | Sequence[str] = ("H
     return ExpressionTensors(images, subjects, split, sorted(test))
 
 
-__all__ = ["ExpressionTensors", "parse_domains", "load_expression_tensors"]
+NOT = "not_"  # the prefix of the domain without the attribute: ("Smiling", "not_Smiling")
+
+
+def parse_attribute_domains(domains: str | Sequence[str], names: Sequence[str] | None = None) -> tuple[str, str]:
+    """"Smiling", "Smiling,not_Smiling" or ("Smiling", "not_Smiling") -> ("Smiling", "not_Smiling"): the faces
+    that have a CelebA attribute (domain A) and those that do not (domain B). `names`: the folder's attribute
+    names, to refuse one it does not have."""
+    codes = [c.strip() for c in (domains.split(",") if isinstance(domains, str) else domains) if c.strip()]
+    attribute = codes[0] if codes else ""
+    if not attribute or attribute.startswith(NOT) or len(codes) > 2 or (len(codes) == 2 and codes[1] != NOT + attribute):
+        raise ValueError(f"Give one CelebA attribute for the two domains (faces with it, faces without it), e.g. "
+                         f"--domains Smiling (= Smiling,{NOT}Smiling); got {domains!r}.")
+    if names is not None and attribute not in names:
+        raise ValueError(f"Unknown CelebA attribute {attribute!r}; the folder's attributes are {', '.join(names)}.")
+    return attribute, NOT + attribute
+
+
+def load_attribute_domains(root: Path | str, domains: str | Sequence[str] = ("Smiling", NOT + "Smiling"),
+                           split: str = "train", size: int = 64, limit: int | None = None) -> ExpressionTensors:
+    """The faces of a CelebA-layout `split` (train|valid|test|all: CelebA's partition, identity-disjoint)
+    with the attribute of `domains` and without it, as uint8 (N, 3, size, size) per domain. A face's
+    "subject" is its identity when the folder has identity_CelebA.txt, else the image itself."""
+    faces = load_face_tensors(root, split=split, size=size, masks=False, limit=limit)
+    attribute, absent = parse_attribute_domains(domains, faces.attr_names)
+    has = faces.attr[:, faces.attr_names.index(attribute)].bool()
+    subjects = [str(int(i)) for i in faces.identity] if faces.identity is not None else \
+        [f"image {i}" for i in range(len(faces))]
+    images: dict[str, torch.Tensor] = {}
+    names: dict[str, list[str]] = {}
+    for code, chosen in ((attribute, has), (absent, ~has)):
+        if not chosen.any():
+            raise dataset_error(CELEBA, f"Domain {code} is empty on the {split} split of {faces.folder}: no face "
+                                        f"{'has' if code == attribute else 'lacks'} {attribute}. Choose another "
+                                        "attribute (--domains) or split.", faces.folder)
+        images[code] = faces.images[chosen]
+        names[code] = [s for s, keep in zip(subjects, chosen.tolist()) if keep]
+    return ExpressionTensors(images, names, split, [])
+
+
+__all__ = ["ExpressionTensors", "NOT", "parse_domains", "load_expression_tensors", "parse_attribute_domains",
+           "load_attribute_domains"]
