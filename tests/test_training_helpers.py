@@ -72,3 +72,35 @@ def test_progress_thread_stops_with_the_training(tmp_path):
     except KeyboardInterrupt:
         pass
     assert threading.active_count() == before
+
+
+def test_quick_model_copies_a_matching_tour_run_and_trains_otherwise(tmp_path, monkeypatch, synth_root):
+    import training
+    from faceedu.data.synthfaces import dataset_fingerprint
+
+    class Config:
+        batch_size = 4
+
+        def __init__(self, width: int):
+            self.width = width
+
+        def to_dict(self) -> dict:
+            return {"width": self.width, "sizes": (1, 2)}
+
+    monkeypatch.setattr(training, "REPO", tmp_path)
+    calls = []
+
+    def train(config, run, root, loop, preset_name):
+        calls.append((config.width, run, root, loop.sample_every, preset_name))
+        return {"seconds": 1.0, "images_per_s": 10.0}
+
+    _finished_run(tmp_path / "runs" / "toy-quick", 3, model="toy", toy={"width": 8, "sizes": [1, 2]},
+                  data_fingerprint=dataset_fingerprint(synth_root))
+    (tmp_path / "runs" / "toy-quick" / "config.json").write_text(json.dumps(
+        json.loads((tmp_path / "runs" / "toy-quick" / "config.json").read_text()) | {"loop": {"steps": 3,
+                                                                                              "batch_size": 4, "seed": 0}}))
+    copied = training.quick_model(None, "toy", Config(8), tmp_path / "a", synth_root, 3, train, sample_every=5)
+    assert not calls and copied["summary"]["reused"] == str(tmp_path / "runs" / "toy-quick")
+    assert (tmp_path / "a" / "checkpoint.pt").is_file()
+    trained = training.quick_model(None, "toy", Config(16), tmp_path / "b", synth_root, 3, train, sample_every=5)
+    assert calls == [(16, tmp_path / "b", synth_root, 5, "quick")] and trained["summary"]["images_per_s"] == 10.0

@@ -132,3 +132,38 @@ def summary_of(run: Path) -> dict:
             "images_per_s": round(sum(rates) / len(rates), 1) if rates else None, "reused": str(run),
             "losses": {k: v for k, v in (records[-1] if records else {}).items()
                        if k not in ("step", "epoch", "images_per_s") and not k.startswith("lr_")}}
+
+
+def quick_model(pytestconfig: Any, name: str, config: Any, run: Path, root: Path, steps: int,
+                train: Callable[..., dict], sample_every: int, unit: str = "images/s") -> dict:
+    """The quick model `name` ("vae", "cgan", ...) trained into `run` once per test run exactly as `faceedu
+    train NAME --preset quick` does it (`train(config, run, root, loop=..., preset_name="quick")`), or, when
+    the tour's runs/NAME-quick is a finished run of the same config, steps, batch, seed and data, a copy of
+    it: {"run": run, "summary": the loop's summary (seconds, images/s), plus "reused" for a copy}."""
+    import shutil
+
+    from faceedu.data.synthfaces import dataset_fingerprint
+    from faceedu.train.loop import LoopConfig
+
+    fingerprint = dataset_fingerprint(root)
+    wanted = json.loads(json.dumps(config.to_dict()))              # as config.json holds it (tuples as lists)
+
+    def same(described: dict) -> bool:
+        loop = described.get("loop", {})
+        return bool(described.get("model") == name and described.get(name) == wanted and fingerprint
+                    and described.get("data_fingerprint") == fingerprint and loop.get("steps") == steps
+                    and loop.get("batch_size") == getattr(config, "batch_size", loop.get("batch_size"))
+                    and loop.get("seed") == 0)
+
+    found = reusable_run(REPO / "runs" / f"{name}-quick", same, steps)
+    if found:
+        shutil.copytree(found, run)
+        terminal_print(pytestconfig, f"\n[{name}] reusing {found} (same quick preset, same data; "
+                                     f"FACEEDU_TEST_REUSE=0 trains afresh)")
+        return {"run": run, "summary": summary_of(run) | {"reused": str(found)}}
+    with training_progress(pytestconfig, name, run, steps):
+        summary = train(config, run, root, loop=LoopConfig(progress=False, sample_every=sample_every),
+                        preset_name="quick")
+    terminal_print(pytestconfig, f"[{name}] quick preset trained in {summary['seconds']} s "
+                                 f"({summary['images_per_s']} {unit})")
+    return {"run": run, "summary": summary}
