@@ -5,8 +5,9 @@ step (tens of MB each for the face VAE at 144 x 144). glibc serves any request a
 (128 kB, adapting up to 32 MB) with a fresh mmap and gives it back with munmap on free; the next step
 maps it again and the kernel zero-fills every page on first touch. Measured on the full VAE's step
 (batch 32, one thread; docs/benchmarks.md), that was 2-4.6 s of system time a step, more than a third of
-the step. With mmap disabled for malloc (M_MMAP_MAX = 0) and the heap trimmed only above 2 GiB
-(M_TRIM_THRESHOLD), freed buffers stay in the heap and the next step reuses them: 0.1-0.3 s.
+the step. With mmap disabled for malloc (M_MMAP_MAX = 0) and the heap never trimmed (M_TRIM_THRESHOLD
+= -1; the full step's heap peaks above 2 GiB, so a finite threshold that fits mallopt's int would still
+hand the top back every step), freed buffers stay in the heap and the next step reuses them.
 
 `import faceedu` applies this (faceedu/__init__.py), so every `faceedu` command, the test suite and
 every notebook kernel that imports faceedu trains with it. The cost: the process keeps the peak of its
@@ -26,7 +27,7 @@ import sys
 
 M_TRIM_THRESHOLD = -1          # glibc's malloc.h: parameter numbers for mallopt
 M_MMAP_MAX = -4
-TRIM_THRESHOLD = 2**31 - 1     # the largest value mallopt's int takes: trim only a free top above 2 GiB
+TRIM_THRESHOLD = -1            # mallopt(3): "-1 disables trimming completely" (its int argument cannot say 64 GiB)
 
 STATE: dict = {"applied": False, "reason": "not tried"}
 
@@ -44,7 +45,7 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def keep_freed_memory() -> dict:
-    """Apply mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 2 GiB - 1) once; returns STATE
+    """Apply mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, -1) once; returns STATE
     ({"applied": bool, "reason": str})."""
     if STATE["applied"]:
         return STATE

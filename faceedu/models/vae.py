@@ -161,6 +161,34 @@ def preset(name: str, **overrides) -> VAEConfig:
 # --- building blocks ----------------------------------------------------------------------------------
 
 
+class _ELUFunction(torch.autograd.Function):
+    """ELU (alpha 1) as max(exp(min(x, 0)) - 1, x): equal to elu(x) to float rounding (for x > 0 the first
+    term is 0 < x; for x <= 0 it is exp(x) - 1 >= x), but through exp, which PyTorch vectorises on CPUs,
+    where its own ELU calls a scalar expm1 per element (8x slower on AVX-512 in torch 2.14; 14 % of the
+    full step). The backward is PyTorch's own, from the output as for an in-place ELU."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = torch.exp(x.clamp(max=0)).sub_(1)
+        y = torch.maximum(y, x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.elu_backward(grad, 1.0, 1, 1, True, y)
+
+
+class ELU(nn.ELU):
+    """nn.ELU(alpha=1), faster on CPUs (`_ELUFunction`); on GPUs, and for other alphas, PyTorch's own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or self.alpha != 1.0 or self.inplace:
+            return super().forward(x)
+        return _ELUFunction.apply(x)
+
+
 def batch_norm(channels: int, config: VAEConfig | None = None, dims: int = 2) -> nn.Module:
     """BatchNorm with the config's momentum and epsilon (Keras' 0.99 / 1e-3 by default; PyTorch's
     momentum is 1 - Keras')."""
@@ -171,7 +199,7 @@ def batch_norm(channels: int, config: VAEConfig | None = None, dims: int = 2) ->
 
 def conv_block(c_in: int, c_out: int, config: VAEConfig | None = None) -> nn.Sequential:
     """Conv3x3 (same padding) + BatchNorm + ELU, the paper's ConvBlock."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), batch_norm(c_out, config), nn.ELU())
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), batch_norm(c_out, config), ELU())
 
 
 class SameConvTranspose2d(nn.ConvTranspose2d):
@@ -206,7 +234,7 @@ def up_block(c_in: int, c_out: int, odd: bool, config: VAEConfig | None = None) 
         up = SameConvTranspose2d(c_in, c_out, 3, stride=2)
     else:
         up = nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1)
-    return nn.Sequential(up, batch_norm(c_out, config), nn.ELU())
+    return nn.Sequential(up, batch_norm(c_out, config), ELU())
 
 
 def keras_init(module: nn.Module) -> None:
@@ -262,7 +290,7 @@ class Encoder(nn.Module):
         dense = [nn.Linear(c * side * side, config.dense)]
         if config.dense_bn:
             dense.append(batch_norm(config.dense, config, dims=1))
-        self.dense = nn.Sequential(*dense, nn.ELU())
+        self.dense = nn.Sequential(*dense, ELU())
         self.head = head if head is not None else EncoderHead(config.dense, config.latent)
         if config.init == "keras":
             self.apply(keras_init)
@@ -289,7 +317,7 @@ class Decoder(nn.Module):
         if c0 * side * side == config.latent:
             self.project = nn.Identity()        # the paper: Reshape((1, 1, 512)) of z itself
         else:
-            self.project = nn.Sequential(nn.Linear(config.latent, c0 * side * side), nn.ELU())
+            self.project = nn.Sequential(nn.Linear(config.latent, c0 * side * side), ELU())
         self.start = (c0, side, side)
         targets = stage_sides(config.image_size, len(widths))[::-1]   # e.g. 1, 2, 4, 9, 18, 36, 72, 144
         if targets[0] != side:
