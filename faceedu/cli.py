@@ -83,9 +83,11 @@ def _eval_run(args: argparse.Namespace) -> int:
         from faceedu.train.cyclegan import command_eval
     elif model == "fader":
         from faceedu.train.fader import command_eval
+    elif model == "diat":
+        from faceedu.train.diat import command_eval
     else:
         raise SystemExit(f"faceedu eval: {run} holds a {model!r} run; runs that can be evaluated: vae, cgan, cyclegan, "
-                         "fader")
+                         "fader, diat")
     status = command_eval(run, args)
     if status == 0 and (args.json or args.markdown):
         _eval_reports(run, args)
@@ -130,6 +132,16 @@ def _train_fader(args: argparse.Namespace) -> int:
     from faceedu.train.fader import command_train
 
     return command_train(args)
+
+
+def _train_diat(args: argparse.Namespace) -> int:
+    from faceedu.data.layout import DatasetError
+    from faceedu.train.diat import command_train
+
+    try:
+        return command_train(args)
+    except DatasetError as error:       # no such folder, a missing annotation file
+        raise SystemExit(f"faceedu train diat: {error}") from None
 
 
 def _train_cyclegan(args: argparse.Namespace) -> int:
@@ -338,6 +350,35 @@ def build_parser() -> argparse.ArgumentParser:
     fader.add_argument("--checkpoint-every", type=int, default=250)
     fader.add_argument("--no-progress", action="store_true")
     fader.set_defaults(func=_train_fader)
+
+    diat = train_commands.add_parser("diat", help="DIAT: identity-aware attribute transfer (Li, Zuo & Zhang 2016, v1)")
+    diat.add_argument("--attr", required=True, choices=["Mouth_Slightly_Open", "Eyeglasses", "Male", "Young"],
+                      help="the attribute to transfer (local: mouth, glasses; global: gender, age)")
+    diat.add_argument("--target", type=int, choices=[0, 1], default=None,
+                      help="1: add the attribute, 0: remove it (default: the paper's task: open the mouth, remove "
+                           "glasses, to male, to old)")
+    diat.add_argument("--preset", choices=["quick", "full"], default="quick",
+                      help="quick: 64x64 SynthFaces on a CPU; full: the paper's 128x128 configuration (GPU)")
+    diat.add_argument("--data", choices=["synth", "celeba"], default="synth", help="what --root holds")
+    diat.add_argument("--root", type=Path, default=DEFAULT_SYNTH_ROOT)
+    diat.add_argument("--run", type=Path, default=None, help="run folder (default runs/diat-PRESET-ATTR-TARGET; resumes)")
+    diat.add_argument("--pretrained", type=Path, default=None,
+                      help="folder of the attribute-independent pre-training (g, f, T) to reuse or fill "
+                           "(default RUN/pretrain)")
+    diat.add_argument("--id-network", choices=["auto", "identity_judge", "vgg16", "discriminator"], default=None,
+                      help="identity-loss features (default auto: the identity judge on SynthFaces, a VGG16 on "
+                           "photographs); discriminator = DIAT-A")
+    diat.add_argument("--lambda-id", type=float, default=None, help="identity loss weight (0: the ablation)")
+    diat.add_argument("--lambda-pr", type=float, default=None, help="perceptual regulariser weight (0: the ablation)")
+    diat.add_argument("--steps", type=int, default=None, help="DIAT steps after pre-training (default: the preset's)")
+    diat.add_argument("--batch-size", type=int, default=None)
+    diat.add_argument("--seed", type=int, default=0)
+    diat.add_argument("--device", default="auto")
+    diat.add_argument("--log-every", type=int, default=25)
+    diat.add_argument("--sample-every", type=int, default=100)
+    diat.add_argument("--checkpoint-every", type=int, default=100)
+    diat.add_argument("--no-progress", action="store_true")
+    diat.set_defaults(func=_train_diat)
 
     cyclegan = train_commands.add_parser("cyclegan", help="CycleGAN between two expressions (Zhu et al. 2017)")
     cyclegan.add_argument("--preset", choices=["quick", "quick-celeba", "full", "facepaint"], default="quick",

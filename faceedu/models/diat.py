@@ -86,6 +86,7 @@ class DIATConfig:
     n_res: int = 5
     outer_kernel: int = 9
     norm: str = "batch"                   # "batch" or "instance"
+    skip: bool = False                    # T(x) = x + T's output (quick preset only: starts T at the identity)
     # D (4x4 stride-2 convs doubling from ndf, LeakyReLU 0.2, a linear logit)
     ndf: int = 64
     d_layers: int = 4
@@ -106,7 +107,8 @@ class DIATConfig:
     beta1: float = 0.5
     batch_size: int = 32
     # schedule: pre-training of T (reconstruction), D (classifier), g and f, then the DIAT steps
-    pretrain_t_steps: int = 10_000
+    pretrain_g_steps: int = 10_000         # g (and, without `skip`, T: the paper initialises T as g)
+    pretrain_t_steps: int = 0              # T's own reconstruction steps (with `skip`)
     pretrain_d_steps: int = 5_000
     pretrain_f_steps: int = 2_000
     steps: int = 100_000
@@ -154,9 +156,9 @@ PRESETS: dict[str, DIATConfig] = {
     # identity features (a VGG16 here), pre-training then adversarial training.
     "full": DIATConfig(),
     # CPU seconds on 64x64 SynthFaces (set in faceedu.train.diat.QUICK: the same networks, narrower).
-    "quick": DIATConfig(image_size=64, ngf=16, ndf=32, d_layers=4, f_width=32, batch_size=32, lr_t=1e-3, lr_d=1e-3,
-                        lr_d_diat_a=2e-4, pretrain_t_steps=300, pretrain_d_steps=150, pretrain_f_steps=150,
-                        steps=400, blur_sigma=3.0),
+    "quick": DIATConfig(image_size=64, ngf=8, ndf=16, d_layers=4, f_width=32, batch_size=32, skip=True,
+                        lr_t=1e-3, lr_d=1e-3, lr_d_diat_a=2e-4, pretrain_g_steps=150, pretrain_t_steps=20,
+                        pretrain_d_steps=100, pretrain_f_steps=100, steps=300, blur_sigma=3.0),
 }
 
 
@@ -210,26 +212,33 @@ def up_block(c_in: int, c_out: int, norm: str = "batch") -> nn.Sequential:
 class TransformNetwork(nn.Module):
     """T: 3 convs (k x k, then two 3x3 stride 2), 5 residual blocks of 2 convs, 2 transposed convs, 1 conv
     (16 conv layers, as the paper). (B, 3, S, S) in [-1, 1] -> (B, 3, S, S) in [-1, 1]:
-    S -> S/2 -> S/4 (n_res blocks at S/4 with 4*ngf channels) -> S/2 -> S."""
+    S -> S/2 -> S/4 (n_res blocks at S/4 with 4*ngf channels) -> S/2 -> S.
+    With `config.skip` (the quick preset) the last conv's output is added to x (clamped to [-1, 1]) and
+    starts at zero, so T starts as the identity: CPU minutes are too few to pre-train 16 layers into one."""
 
     def __init__(self, config: DIATConfig):
         super().__init__()
         c, k, norm = config.ngf, config.outer_kernel, config.norm
+        self.skip = config.skip
         self.down = nn.Sequential(conv_block(3, c, k, 1, norm),              # (B, c, S, S)
                                   conv_block(c, 2 * c, 3, 2, norm),          # (B, 2c, S/2, S/2)
                                   conv_block(2 * c, 4 * c, 3, 2, norm))      # (B, 4c, S/4, S/4)
         self.res = nn.Sequential(*(ResidualBlock(4 * c, norm) for _ in range(config.n_res)))
         self.up = nn.Sequential(up_block(4 * c, 2 * c, norm), up_block(2 * c, c, norm))  # (B, c, S, S)
-        self.out = nn.Sequential(nn.ReflectionPad2d(k // 2), nn.Conv2d(c, 3, k), nn.Tanh())
+        self.out = nn.Sequential(nn.ReflectionPad2d(k // 2), nn.Conv2d(c, 3, k), nn.Identity() if self.skip else nn.Tanh())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.up(self.res(self.down(x))))
+        y = self.out(self.up(self.res(self.down(x))))
+        return (x + y).clamp(-1, 1) if self.skip else y
 
 
 class ReconstructionNetwork(TransformNetwork):
-    """g: T's architecture trained to rebuild its input (x -> x). Its outputs g(x) = x + n carry the artefacts
-    n that such a network makes; they are the noisy examples of the denoising network f (eq. 3). In the paper
-    T itself starts as a reconstruction network, so g is a frozen copy of the pre-trained T."""
+    """g: T's architecture (always without the skip) trained to rebuild its input (x -> x). Its outputs
+    g(x) = x + n carry the artefacts n that such a network makes (checkerboards, colour noise); they are the
+    noisy examples of the denoising network f (eq. 3). The paper starts T from this network."""
+
+    def __init__(self, config: DIATConfig):
+        super().__init__(replace(config, skip=False))
 
 
 class AttributeDiscriminator(nn.Module):
@@ -281,7 +290,8 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def init_weights(module: nn.Module) -> None:
-    """N(0, 0.02) conv weights, BatchNorm gamma N(1, 0.02) (the DCGAN init the course's GANs share)."""
+    """N(0, 0.02) conv weights, BatchNorm gamma N(1, 0.02) (the DCGAN init the course's GANs share); a
+    skip-connected T's last conv at zero (T starts as the identity)."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             nn.init.normal_(m.weight, 0.0, 0.02)
@@ -290,6 +300,9 @@ def init_weights(module: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) and m.weight is not None:
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
+    if isinstance(module, TransformNetwork) and module.skip:
+        nn.init.zeros_(module.out[1].weight)
+        nn.init.zeros_(module.out[1].bias)
 
 
 # --- the losses ---------------------------------------------------------------------------------------------------
