@@ -685,11 +685,12 @@ _STEP_HINTS = {
 
 
 def check_diat_step(fn, hidden: bool = False) -> None:
-    """Visible (a tiny DIAT: T, D, f, a fixed 3-layer feature network; SGD): after one call T's and D's weights
-    equal those of the reference step from the same start, and the returned "d", "t", "attr" (and "id", "pr")
-    equal the reference's; the mistakes named: D updated through T's loss, D shown the inputs as its real faces, T
-    moved by D's loss, a term of eq. (1) missing or unweighted. Hidden: Adam and other lambdas, two steps in a row,
-    DIAT-A (phi = D's own feature maps)."""
+    """Visible (a tiny DIAT: T, D, f, a fixed 3-layer feature network; SGD, lambda_id 2, lambda_pr 0.5): after one
+    call T's and D's weights equal those of the reference step from the same start, and the returned "d", "t",
+    "attr" (and "id", "pr") equal the reference's; the mistakes named: D updated through T's loss (a second
+    opt_d.step() or one backward for both), D shown the inputs as its real faces, T moved by D's loss, a term of
+    eq. (1) missing or unweighted. Hidden: Adam and other lambdas, two steps in a row, DIAT-A (phi = D's own
+    feature maps)."""
     __tracebackhide__ = True
     c = Check("diat_step", fn, hidden, blocked=STEP)
     phi = _Features(seed=11)
