@@ -209,3 +209,14 @@ def test_fader_report_on_synthfaces_names_its_judges_without_a_warning(synth_roo
     assert result["judges"] and all("SynthFaces" in line for line in result["judges"]), result["judges"]
     assert result["judge_warnings"] == []
     assert "judged by the attributes judge: trained on SynthFaces" in format_report(result)
+
+
+def test_the_quick_presets_ssim_term_is_the_shared_ssim():
+    """The SSIM in the quick preset's reconstruction loss (separable, one call) equals faceedu.losses.ssim."""
+    from faceedu import losses
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(4, 3, 32, 32, generator=g), torch.rand(4, 3, 32, 32, generator=g)
+    y = (x + 0.3 * y).clamp(0, 1)
+    assert FN.separable_ssim(x, y).item() == pytest.approx(losses.ssim(x, y, 1.0).item(), abs=1e-6)
+    assert FN.separable_ssim(x, x).item() == pytest.approx(1.0, abs=1e-6)
