@@ -206,20 +206,29 @@ class SameConvTranspose2d(nn.ConvTranspose2d):
     """Keras' Conv2DTranspose(strides=s, padding="same"): side n -> s n, input pixel j centred on output
     pixel s j + (k - 1) / 2 - (k - s) // 2, i.e. 2j + 1 for k = 3, s = 2.
 
-    TensorFlow computes it as the gradient of a "same" convolution, which pads (k - s) // 2 before and
-    the rest after: the full transposed convolution (side (n - 1) s + k) cropped to [(k - s) // 2,
-    (k - s) // 2 + s n). PyTorch's ConvTranspose2d(padding=1, output_padding=1) crops one pixel at the
-    start instead, so it centres input j on 2j: the same parameters, every stage one pixel off.
-    The weights are an ordinary ConvTranspose2d's (same shape, same state_dict keys)."""
+    TensorFlow computes it as the gradient of a "same" convolution, which pads c = (k - s) // 2 before
+    and the rest after: the full transposed convolution (side (n - 1) s + k) cropped to [c, c + s n).
+    PyTorch's ConvTranspose2d(padding=1, output_padding=1) crops one pixel at the start instead, so it
+    centres input j on 2j: the same parameters, every stage one pixel off.
+
+    Computed without the crop: the kernel padded with q zeros at its start moves every output q pixels
+    later, and PyTorch's padding p = c + q then crops exactly Keras' window (for k = 3, s = 2: a 4x4
+    kernel whose first row and column are zero, stride 2, padding 1). Measured on one CPU thread, that is
+    1.3x faster than the full transposed convolution plus a crop for the 72 -> 144 stage (oneDNN is slow
+    for an odd output side). The weights are an ordinary ConvTranspose2d's (k x k, same state_dict keys)."""
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int = 3, stride: int = 2):
         super().__init__(c_in, c_out, kernel_size, stride=stride, padding=0)
+        k, s = kernel_size, stride
+        c = (k - s) // 2                                   # what TF's "same" crops at the start
+        self.shift = max(0, k - s - 2 * c)                 # q zeros before the kernel
+        self.crop = c + self.shift                         # PyTorch's padding
+        self.extra = s - k + 2 * c + self.shift            # PyTorch's output_padding (0 for k = 3, s = 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        full = super().forward(x)                         # (B, C, (n - 1) s + k, ...)
-        k, s = self.kernel_size[0], self.stride[0]
-        start = (k - s) // 2
-        return full[..., start:start + s * x.shape[-2], start:start + s * x.shape[-1]]
+        q = self.shift
+        weight = nn.functional.pad(self.weight, (q, 0, q, 0)) if q else self.weight   # (C_in, C_out, k+q, k+q)
+        return nn.functional.conv_transpose2d(x, weight, self.bias, self.stride, self.crop, self.extra)  # (B, C, sn, sn)
 
 
 def up_block(c_in: int, c_out: int, odd: bool, config: VAEConfig | None = None) -> nn.Sequential:
