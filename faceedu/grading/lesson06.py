@@ -620,6 +620,8 @@ def tiny_diat(seed: int = 0, **overrides) -> tuple[DIATConfig, nn.Module, nn.Mod
     with torch.no_grad():        # a denoiser that finds something (init_weights leaves it almost silent)
         for p in f.parameters():
             p.mul_(10)
+        last = [m for m in T.modules() if isinstance(m, nn.Conv2d)][-1]
+        last.weight.normal_(0.0, 0.05)   # T away from the identity (a skip-connected T starts there): every term moves it
     return config, T, D, f
 
 
