@@ -54,7 +54,7 @@ LESSONS: tuple[Lesson, ...] = (
            "Li, Zuo & Zhang 2016 (DIAT, arXiv v1)", status="ready"),
     Lesson(7, "07_nst", "Neural style transfer",
            "Gram matrices, content and style losses, optimising pixels with L-BFGS; style inside a face mask",
-           "Gatys et al. 2016; FacePaint 2019"),
+           "Gatys et al. 2016; FacePaint 2019", status="ready"),
     Lesson(8, "08_cyclegan", "CycleGAN for expressions",
            "unpaired translation with cycle consistency: a ResNet generator, the 70x70 PatchGAN, LSGAN, cycle and "
            "identity losses, the image pool; happy <-> neutral judged on unseen JAFFE-style subjects",

@@ -539,3 +539,50 @@ def command_nst(args) -> int:
     print(f"Wrote {out} and {plot}")
     return 0
 
+
+
+# --- FacePaint's negative finding: an expression does not travel as style ----------------------------------
+
+def expression_as_style(root: Path | str, size: int = 64, steps: int = 100, split: str = "test",
+                        limit: int | None = None, mask: str = "none", net: nn.Module | None = None,
+                        verbose: bool = True) -> dict:
+    """Neutral JAFFE-style faces as content, a happy face of the same subject as style (the most favourable
+    pairing: only the expression differs); the expression judge reads every result. FacePaint (2019) saw
+    that style transfer does not carry the expression; this measures how often the judge says "happy"
+    afterwards, next to how often it says so of the neutral and the happy originals. `mask` "face" needs
+    label maps, which JAFFE lacks: only "none" is offered."""
+    from faceedu.data.expressions import load_expression_tensors
+    from faceedu.metrics import expression_transfer_rate
+    from faceedu.models.judges import load_judges, trained_on
+
+    if mask != "none":
+        raise ValueError("JAFFE has no label maps: the expression experiment styles the whole image (mask 'none').")
+    faces = load_expression_tensors(root, ("HA", "NE"), split, size=size, channels=3)
+    neutral, happy = faces.floats("NE"), faces.floats("HA")
+    happy_of = {s: happy[i] for i, s in enumerate(faces.subjects["HA"])}
+    pairs = [(neutral[i], happy_of[s]) for i, s in enumerate(faces.subjects["NE"]) if s in happy_of]
+    pairs = pairs[:limit] if limit else pairs
+    if not pairs:
+        raise ValueError(f"no subject of the {split} split has both a happy and a neutral face in {root}.")
+    net = net if net is not None else __import__("faceedu.models.features", fromlist=["x"]).load_feature_network(verbose=verbose)
+    judge = load_judges(kinds=("expression",)).require("expression")
+    results, drops, start = [], [], time.perf_counter()
+    config = NSTConfig(size=size, steps=steps)
+    for k, (content, style) in enumerate(pairs):
+        out = StyleTransfer(net, content[None].contiguous(), style[None].contiguous(), None, config).run()
+        results.append(out.image[0])
+        drops.append(out.drop)
+        if verbose:
+            print(f"  face {k + 1}/{len(pairs)}: loss {out.drop:.0f}x lower in {out.seconds:.1f} s", flush=True)
+    styled = torch.stack(results)
+    contents = torch.stack([c for c, _ in pairs])
+    styles = torch.stack([s for _, s in pairs])
+    report = {"faces": len(pairs), "size": size, "steps": steps, "split": split, "network": getattr(net, "label", ""),
+              "judge_trained_on": trained_on(judge).get("dataset", "unknown"),
+              "happy_on_neutral_content": expression_transfer_rate(judge, contents, "HA"),
+              "happy_on_happy_style": expression_transfer_rate(judge, styles, "HA"),
+              "happy_on_styled": expression_transfer_rate(judge, styled, "HA"),
+              "neutral_on_styled": expression_transfer_rate(judge, styled, "NE"),
+              "median_loss_drop": float(np.median(drops)), "seconds": time.perf_counter() - start}
+    report["images"] = (contents, styles, styled)
+    return report
