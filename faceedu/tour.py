@@ -170,6 +170,30 @@ def step_fader(tour: Tour) -> None:
     tour.say(f"sliders, flips and the discriminator's accuracy against lambda: {tour.out / 'fader'}")
 
 
+def step_nst(tour: Tour) -> None:
+    """Lesson 07: Gatys' style transfer of a tissue texture onto one face, inside its face mask (64 px, 40
+    L-BFGS steps: seconds, nothing trained); the loss drop and the largest change outside the mask."""
+    from PIL import Image
+    from skimage import data
+
+    from faceedu.models import nst
+
+    path = tour.root / "celeba" / "img_align_celeba" / "000007.jpg"
+    image = nst.read_image(path, "content")
+    content = nst.prepare(image, 64)
+    style = nst.prepare(Image.fromarray(data.immunohistochemistry()), 64)
+    mask = nst.content_mask(path, image, "face", 64)
+    result = nst.style_transfer(content, style, mask, nst.NSTConfig(size=64, steps=40, mask="face"))
+    outside = float((result.image - content).abs()[(mask == 0).expand_as(content)].max()) * 255
+    out = tour.out / "nst"
+    nst.save_image(__import__("torch").cat([content, style, result.image], 3), out / "styled.png")
+    nst.plot_losses(result.history, out / "losses.png", "lesson 07: tissue style inside the face mask")
+    tour.summary["nst"] = {"loss_drop": round(result.drop, 1), "outside_change_255": round(outside, 3),
+                           "seconds": round(result.seconds, 1), "network": result.network}
+    tour.say(f"style transfer inside the face mask in {result.seconds:.1f} s: loss {result.drop:.0f}x lower, largest "
+             f"change outside the mask {outside:.2f}/255 ({result.network}): {out / 'styled.png'}")
+
+
 def step_cyclegan(tour: Tour) -> None:
     """Lesson 08: the quick CycleGAN between happy and neutral JAFFE-style faces, trained into tour.cyclegan_run
     as `faceedu train cyclegan` does (a finished run is reused), then judged on the test subjects: the
@@ -203,6 +227,7 @@ STEPS: list[tuple[str, Callable[[Tour], None]]] = [
     ("Latent arithmetic (lesson 03)", step_latent),
     ("The conditional GAN (lesson 04)", step_cgan),
     ("Fader Networks (lesson 05)", step_fader),
+    ("Neural style transfer (lesson 07)", step_nst),
     ("CycleGAN on expressions (lesson 08)", step_cyclegan),
 ]
 

@@ -27,5 +27,7 @@ def test_tour_writes_contact_sheet_correlations_and_summary(synth_root, trained_
     assert (tmp_path / "cgan" / "combinations.png").stat().st_size > 20_000
     assert summary["fader"]["masked_ssim"] > 0 and (tmp_path / "fader" / "sliders.png").is_file()
     assert summary["cyclegan"]["cycle_l1_per_pixel"] > 0 and (tmp_path / "cyclegan" / "cycles.png").is_file()
+    nst = summary["nst"]        # lesson 07: the face untouched outside its mask, the loss well down in 40 steps
+    assert nst["outside_change_255"] <= 1 and nst["loss_drop"] > 3 and (tmp_path / "nst" / "styled.png").is_file()
     printed = capsys.readouterr().out
     assert "images/s" in printed and f"reusing the trained quick VAE in {run}" in printed

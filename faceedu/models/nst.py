@@ -524,14 +524,17 @@ def command_nst(args) -> int:
     transfer = StyleTransfer(net, content, style, mask, config)
     print(f"Style transfer at {config.size}x{config.size}, {config.steps} {config.optimizer} steps, mask {config.mask}, "
           f"alpha {config.content_weight:g}, beta {transfer.style_weight:g}, tv {transfer.tv_weight:g}")
+    cpu = time.process_time()
     result = transfer.run(progress=not args.no_progress)
+    cpu = time.process_time() - cpu
     out = save_image(result.image, args.out)
     plot = plot_losses(result.history, out.with_name(out.stem + "_losses.png"),
                        f"{Path(args.content).name} + style of {Path(args.style).name} ({config.mask} mask)")
     steps = len(result.history["total"])
     print(f"{steps} loss evaluations in {result.seconds:.1f} s ({steps / result.seconds:.2f} steps/s, "
           f"{torch.get_num_threads()} threads); total loss {result.history['total'][0]:.4g} -> "
-          f"{result.history['total'][-1]:.4g} ({result.drop:.1f}x lower)")
+          f"{result.history['total'][-1]:.4g} ({result.drop:.1f}x lower); {cpu:.1f} s of CPU time (on a busy machine "
+          f"the wall time is longer, on idle cores about CPU time / threads)")
     if mask is not None:
         outside = (mask == 0).expand_as(content)
         change = float((result.image - content).abs()[outside].max()) if bool(outside.any()) else 0.0
@@ -586,3 +589,76 @@ def expression_as_style(root: Path | str, size: int = 64, steps: int = 100, spli
               "median_loss_drop": float(np.median(drops)), "seconds": time.perf_counter() - start}
     report["images"] = (contents, styles, styled)
     return report
+
+
+# --- the docs' figures: `python -m faceedu.models.nst docs/assets/07_nst` -----------------------------------
+
+def docs_figures(out: Path | str, root: Path | str = "datasets/synthfaces", size: int = 128, steps: int = 100,
+                 face: int = 7) -> list[Path]:
+    """One SynthFaces face styled by three skimage textures, and by one of them inside each mask."""
+    from PIL import Image
+    from skimage import data
+
+    from faceedu.models.features import load_feature_network
+
+    out = Path(out)
+    net = load_feature_network()
+    path = Path(root) / "celeba" / "img_align_celeba" / f"{face:06d}.jpg"
+    image = read_image(path, "content")
+    content = prepare(image, size)
+    styles = {"tissue": data.immunohistochemistry(), "Hubble deep field": data.hubble_deep_field(), "coffee": data.coffee()}
+    styles = {k: prepare(Image.fromarray(v), size) for k, v in styles.items()}
+    rows = []
+    for name, style in styles.items():
+        result = StyleTransfer(net, content, style, None, NSTConfig(size=size, steps=steps)).run()
+        rows.append((f"style: {name}", style, result))
+        print(f"{name}: {result.drop:.0f}x lower in {result.seconds:.0f} s", flush=True)
+    masked = []
+    for region in ("face", "hair", "background"):
+        mask = content_mask(path, image, region, size)
+        result = StyleTransfer(net, content, styles["tissue"], mask, NSTConfig(size=size, steps=steps, mask=region)).run()
+        change = float((result.image - content).abs()[(mask == 0).expand_as(content)].max()) * 255
+        masked.append((region, mask, result, change))
+        print(f"{region}: {result.drop:.0f}x lower, largest change outside {change:.2f}/255", flush=True)
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    def show(ax, picture, title):
+        ax.imshow(picture[0].permute(1, 2, 0).clamp(0, 1).numpy() if picture.shape[1] == 3 else picture[0, 0].numpy(),
+                  cmap=None if picture.shape[1] == 3 else "gray", vmin=0, vmax=1)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+
+    fig, axes = plt.subplots(2, len(rows) + 1, figsize=(2.2 * (len(rows) + 1), 4.6))
+    show(axes[0, 0], content, "content (SynthFaces)")
+    axes[1, 0].axis("off")
+    for k, (title, style, result) in enumerate(rows, 1):
+        show(axes[0, k], style, title)
+        show(axes[1, k], result.image, f"{result.drop:.0f}x lower loss")
+    fig.suptitle(f"Gatys et al. on {net.label}: {size} px, {steps} L-BFGS steps, no mask", fontsize=9)
+    fig.tight_layout()
+    paths = [out / "styles.png"]
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(paths[0], dpi=100)
+    plt.close(fig)
+    fig, axes = plt.subplots(2, 3, figsize=(6.6, 4.6))
+    for k, (region, mask, result, change) in enumerate(masked):
+        show(axes[0, k], mask, f"{region} mask ({float(mask.mean()):.0%})")
+        show(axes[1, k], result.image, f"outside changed <= {change:.2f}/255")
+    fig.suptitle(f"Style (tissue) inside a mask from the label map: {size} px, {steps} L-BFGS steps", fontsize=9)
+    fig.tight_layout()
+    paths.append(out / "masks.png")
+    fig.savefig(paths[1], dpi=100)
+    plt.close(fig)
+    paths.append(plot_losses(masked[0][2].history, out / "losses_face.png", "losses, tissue style inside the face mask"))
+    return paths
+
+
+if __name__ == "__main__":
+    import sys
+
+    torch.set_num_threads(1)
+    for written in docs_figures(sys.argv[1] if len(sys.argv) > 1 else "docs/assets/07_nst"):
+        print(f"Wrote {written}")
