@@ -156,9 +156,9 @@ PRESETS: dict[str, DIATConfig] = {
     # identity features (a VGG16 here), pre-training then adversarial training.
     "full": DIATConfig(),
     # CPU seconds on 64x64 SynthFaces (set in faceedu.train.diat.QUICK: the same networks, narrower).
-    "quick": DIATConfig(image_size=64, ngf=8, ndf=16, d_layers=4, f_width=32, batch_size=32, skip=True,
-                        lr_t=1e-3, lr_d=1e-3, lr_d_diat_a=2e-4, pretrain_g_steps=150, pretrain_t_steps=20,
-                        pretrain_d_steps=100, pretrain_f_steps=100, steps=300, blur_sigma=3.0),
+    "quick": DIATConfig(image_size=64, ngf=8, ndf=16, d_layers=4, f_width=32, batch_size=16, skip=True,
+                        lr_t=1e-3, lr_d=1e-3, lr_d_diat_a=2e-4, lambda_id=0.5, pretrain_g_steps=100,
+                        pretrain_t_steps=20, pretrain_d_steps=100, pretrain_f_steps=100, steps=400, blur_sigma=3.0),
 }
 
 
@@ -503,20 +503,18 @@ def diat_step(T: nn.Module, D: nn.Module, f: nn.Module | None, phi, opt_t: torch
               weights: Sequence[float]) -> dict[str, torch.Tensor]:
     """One DIAT iteration on faces in [-1, 1]: `source` lacks the target state, `real` has it.
 
-    1. D: real faces with the target attribute -> real, T(source) (detached) -> fake.
+    1. D: real faces with the target attribute -> real, y = T(source) (detached) -> fake.
     2. T: eq. (1), lambda_attr * l_attr + lambda_id * l_id(source, T(source)) + lambda_pr * f(T(source))^2.
        Only T's optimiser steps: D and f receive gradients through T's loss but are never updated by it.
     `phi(images)` returns the identity network's feature maps (a list, one per layer of `weights`); for
     DIAT-A it is D's `feature_maps`. `f` None (or lambda_pr 0) leaves the perceptual regulariser out."""
-    # 1. the attribute discriminator
-    with torch.no_grad():
-        fake = T(source)
-    d_loss = attribute_discriminator_loss(D(real), D(fake), config.gan)
+    y = T(source)
+    # 1. the attribute discriminator, on T's output cut from T's graph
+    d_loss = attribute_discriminator_loss(D(real), D(y.detach()), config.gan)
     opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
     opt_d.step()
-    # 2. the transform network
-    y = T(source)
+    # 2. the transform network, judged by the updated D
     adv = attribute_loss(D(y), config.gan)
     with torch.no_grad():
         fx = phi(source)

@@ -435,7 +435,7 @@ def train_diat(config: DIATConfig, run_dir: Path | str, root: Path | str, loop: 
     run_dir = Path(run_dir)
     loop = loop or LoopConfig()
     data = data if data is not None else load_data(root, "train", config, verbose=verbose)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     pretrained_dir = Path(pretrained_dir) if pretrained_dir is not None else run_dir / "pretrain"
     done = _pretrained_done(config, pretrained_dir)
     pre = None if done else pretrain(config, pretrained_dir, root, data.faces, loop, seed, verbose)
@@ -467,7 +467,9 @@ def train_diat(config: DIATConfig, run_dir: Path | str, root: Path | str, loop: 
     s = train(task, data.source, run_dir, _loop(loop, config.steps, config, seed), describe)
     stages["diat"] = {"seconds": s["seconds"], "images_per_s": s["images_per_s"]}
     total = round(time.perf_counter() - start, 1)
-    summary = {"seconds": total, "stages": stages, "identity": identity, "losses": s["losses"]}
+    # CPU seconds: on a busy shared machine, about what the wall time would be on an idle core
+    summary = {"seconds": total, "cpu_seconds": round(time.process_time() - cpu, 1), "stages": stages,
+               "identity": identity, "losses": s["losses"]}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if verbose:
         print(f"DIAT {config.attr} -> {config.target}: {total:.1f} s in all "
@@ -652,3 +654,51 @@ def train_suite(root: Path | str, out: Path | str, suite=QUICK_SUITE, loop: Loop
     payload = {"results": results, "seconds": seconds}
     (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
     return payload
+
+
+# --- identity against lessons 03 and 05 on the same faces -----------------------------------------------------------------
+
+
+@torch.no_grad()
+def identity_comparison(root: Path | str, diat_runs: dict[str, Path], vae_run: Path | None = None,
+                        fader_run: Path | None = None, faces: int = 300, vae_scale: float = 2.0) -> list[dict]:
+    """For each DIAT run (name -> folder): the identity judge's cosine between the same test faces and their
+    edit by DIAT, by lesson 03's latent arithmetic (the VAE's attribute vector, +-`vae_scale`) and by lesson
+    05's Fader Network (the attribute set to the target, the others to the faces' labels), with each edit's
+    transfer rate by the attribute judge. Methods whose model lacks the attribute are left out."""
+    from faceedu.metrics import edit_success_rate, identity_similarity
+    from faceedu.models.judges import judges_for
+
+    judges = judges_for(root, kinds=("attributes", "identity"), verbose=False)
+    attr_judge, id_judge = judges.require("attributes"), judges.require("identity")
+    rows = []
+    for name, run in diat_runs.items():
+        T, _, described = load_run(run)
+        config = DIATConfig.from_dict(described["diat"])
+        test = load_data(root, "test", config, verbose=False)
+        x, lm = test.source_faces(faces)
+        index = test.source_index[:faces]
+        edits = {"DIAT": M.transfer(T, x, config, lm)}
+        if vae_run is not None and Path(vae_run, CHECKPOINT).is_file():
+            from faceedu.editing import LatentSpace, edit_faces
+
+            space = LatentSpace.from_run(vae_run, root, limit=10_000)
+            if config.attr in space.names:
+                sign = 1.0 if config.target == 1 else -1.0
+                edits[f"latent arithmetic (lesson 03, scale {vae_scale:g})"] = edit_faces(
+                    space.vae, x, space.vector(config.attr), sign * vae_scale).clamp(0, 1)
+        if fader_run is not None and Path(fader_run, CHECKPOINT).is_file():
+            from faceedu.models.fader import edit as fader_edit
+            from faceedu.train.fader import load_run as load_fader
+
+            ae, _, _ = load_fader(fader_run)
+            if config.attr in ae.config.attrs:
+                columns = [test.faces.attr_names.index(a) for a in ae.config.attrs]
+                alpha = test.faces.attr[index][:, columns].float() * 2 - 1
+                alpha[:, list(ae.config.attrs).index(config.attr)] = 2.0 * config.target - 1
+                edits["Fader Network (lesson 05)"] = fader_edit(ae, x, alpha)
+        for method, edited in edits.items():
+            rows.append({"edit": name, "method": method, "faces": len(x),
+                         "identity_cosine": identity_similarity(id_judge, x, edited)["mean_cosine"],
+                         "transfer_rate": edit_success_rate(attr_judge, edited, config.attr, float(config.target))})
+    return rows
