@@ -229,9 +229,13 @@ def test_runs_saved_before_the_keras_conventions_load_as_trained_and_are_not_res
     (tmp_path / "old" / "config.json").write_text(json.dumps(described))
     vae, _ = load_run(tmp_path / "old")
     assert vae.config.transpose_align == "torch" and vae.encoder.features[0][1].eps == 1e-5
-    check_same_model(old, tmp_path / "old")                           # the same network: resumable
+    assert check_same_model(old, tmp_path / "old", 2) == old          # the same network: resumable
     with pytest.raises(ValueError, match="transpose_align: saved 'torch', asked 'keras'"):
         train_vae(config, tmp_path / "old", root="unused", steps=2, loop=loop, dataset=data)
+    summary = train_vae(config, tmp_path / "old", root="unused", steps=1, loop=loop, dataset=data)   # finished:
+    assert summary["steps_this_run"] == 0                                                             # reused
+    vae, described = load_run(tmp_path / "old")                        # and config.json still tells the truth
+    assert vae.config.transpose_align == "torch" and described["vae"]["transpose_align"] == "torch"
 
 
 def test_poster_preset_parameter_count_is_close_to_the_posters():

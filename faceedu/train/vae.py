@@ -96,7 +96,7 @@ def train_vae(config: VAEConfig, run_dir: Path | str, root: Path | str, steps: i
     returns the loop's summary. `dataset` overrides the data (tests pass a small one); `compile_mode` as in
     VAETask (a GPU at batch 32 wants "reduce-overhead")."""
     steps = steps if steps is not None else default_steps(config)
-    check_same_model(config, run_dir)
+    config = check_same_model(config, run_dir, steps)
     loop = loop or LoopConfig()
     loop = LoopConfig(**(asdict(loop) | {"steps": steps, "batch_size": config.batch_size, "seed": seed,
                                          "bf16": loop.bf16 or config.bf16}))
@@ -125,12 +125,22 @@ def run_model_differences(config: VAEConfig, run_dir: Path | str) -> list[str]:
             for name in MODEL_FIELDS if getattr(saved, name) != getattr(config, name)]
 
 
-def check_same_model(config: VAEConfig, run_dir: Path | str) -> None:
-    """Refuse to resume a run whose checkpoint holds another network (e.g. one saved before the Keras
-    conventions of issue 17): its weights would load into the wrong model without an error."""
-    if Path(run_dir, "checkpoint.pt").is_file() and (differences := run_model_differences(config, run_dir)):
-        raise ValueError(f"{run_dir} holds a VAE trained with another network ({'; '.join(differences)}); "
-                         "train into a new --run folder (or move this one away) instead of resuming it.")
+def check_same_model(config: VAEConfig, run_dir: Path | str, steps: int | None = None) -> VAEConfig:
+    """The config to train `run_dir` with. A run whose checkpoint holds another network (e.g. one saved
+    before the Keras conventions of issue 17) is never resumed into this one (its weights would load into
+    the wrong model without an error): if it has already trained `steps` steps it is reused as the network
+    it is (its saved config is returned), otherwise this raises."""
+    if not Path(run_dir, "checkpoint.pt").is_file() or not (differences := run_model_differences(config, run_dir)):
+        return config
+    import json
+
+    done = torch.load(Path(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=True)["step"]
+    if steps is not None and done >= steps:
+        print(f"{run_dir} is finished ({done} steps) with another network than asked ({'; '.join(differences)}): "
+              "reused as it was trained.")
+        return VAEConfig.from_dict(json.loads(Path(run_dir, "config.json").read_text())["vae"])
+    raise ValueError(f"{run_dir} holds a VAE trained with another network ({'; '.join(differences)}); "
+                     "train into a new --run folder (or move this one away) instead of resuming it.")
 
 
 def run_data_root(run_dir: Path | str, described: dict, root: Path | str | None = None) -> Path:
