@@ -44,7 +44,8 @@ def test_notebook_follows_the_lesson_conventions(slug):
         assert re.search(rf"^def {name}\(", source, re.M), f"exercise cell {name} defines {name}()"
         follow = nb.cells[index + 1]
         points = meta[index + 1].get("points", 0)
-        assert f"({points:g} points)" in nb.cells[index - 1].source, f"{name}: the exercise text states its points"
+        stated = f"({points:g} point)" if points == 1 else f"({points:g} points)"
+        assert stated in nb.cells[index - 1].source, f"{name}: the exercise text states its points"
         assert meta[index + 1].get("grade_id") == f"check_{name}", f"the check cell follows exercise {name}"
         # the grader is loaded afresh by faceedu.grading.checks (grading integrity): never imported from
         # a module a learner's cell could have rebound

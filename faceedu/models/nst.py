@@ -548,12 +548,13 @@ def command_nst(args) -> int:
 
 def expression_as_style(root: Path | str, size: int = 64, steps: int = 100, split: str = "test",
                         limit: int | None = None, mask: str = "none", net: nn.Module | None = None,
-                        verbose: bool = True) -> dict:
+                        verbose: bool = True, style_expression: str = "HA") -> dict:
     """Neutral JAFFE-style faces as content, a happy face of the same subject as style (the most favourable
     pairing: only the expression differs); the expression judge reads every result. FacePaint (2019) saw
     that style transfer does not carry the expression; this measures how often the judge says "happy"
     afterwards, next to how often it says so of the neutral and the happy originals. `mask` "face" needs
-    label maps, which JAFFE lacks: only "none" is offered."""
+    label maps, which JAFFE lacks: only "none" is offered. `style_expression="NE"` is the control: another
+    neutral face of the same subject as the style image (what the texture changes alone make the judge say)."""
     from faceedu.data.expressions import load_expression_tensors
     from faceedu.metrics import expression_transfer_rate
     from faceedu.models.judges import load_judges, trained_on
@@ -562,8 +563,13 @@ def expression_as_style(root: Path | str, size: int = 64, steps: int = 100, spli
         raise ValueError("JAFFE has no label maps: the expression experiment styles the whole image (mask 'none').")
     faces = load_expression_tensors(root, ("HA", "NE"), split, size=size, channels=3)
     neutral, happy = faces.floats("NE"), faces.floats("HA")
-    happy_of = {s: happy[i] for i, s in enumerate(faces.subjects["HA"])}
-    pairs = [(neutral[i], happy_of[s]) for i, s in enumerate(faces.subjects["NE"]) if s in happy_of]
+    if style_expression == "HA":
+        happy_of = {s: happy[i] for i, s in enumerate(faces.subjects["HA"])}
+        pairs = [(neutral[i], happy_of[s]) for i, s in enumerate(faces.subjects["NE"]) if s in happy_of]
+    else:                              # the control: another neutral face of the same subject
+        subjects = faces.subjects["NE"]
+        pairs = [(neutral[i], neutral[j]) for i, s in enumerate(subjects)
+                 for j in [next((j for j in range(len(subjects)) if subjects[j] == s and j != i), None)] if j is not None]
     pairs = pairs[:limit] if limit else pairs
     if not pairs:
         raise ValueError(f"no subject of the {split} split has both a happy and a neutral face in {root}.")
@@ -584,7 +590,9 @@ def expression_as_style(root: Path | str, size: int = 64, steps: int = 100, spli
               "judge_trained_on": trained_on(judge).get("dataset", "unknown"),
               "happy_on_neutral_content": expression_transfer_rate(judge, contents, "HA"),
               "happy_on_happy_style": expression_transfer_rate(judge, styles, "HA"),
+              "style_expression": style_expression,
               "happy_on_styled": expression_transfer_rate(judge, styled, "HA"),
+              "said_on_styled": [judge.expressions[int(k)] for k in judge.predict(styled)],
               "neutral_on_styled": expression_transfer_rate(judge, styled, "NE"),
               "median_loss_drop": float(np.median(drops)), "seconds": time.perf_counter() - start}
     report["images"] = (contents, styles, styled)
