@@ -301,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     vae.add_argument("--latent", type=int, default=None)
     vae.add_argument("--losses", default=None, help="image losses joined by +, e.g. ssim+l2 (default: the preset's)")
     vae.add_argument("--no-mask", action="store_true", help="no mask decoder: image losses on the whole image")
+    vae.add_argument("--channels-last", action="store_true",
+                     help="NHWC memory for the convolutions (1.2x faster for `full` on a CPU; docs/benchmarks.md)")
     vae.add_argument("--seed", type=int, default=0)
     vae.add_argument("--device", default="auto")
     vae.add_argument("--bf16", action="store_true", help="bf16 autocast where native (CUDA; CPUs with AVX512-BF16/AMX); quick has it on")

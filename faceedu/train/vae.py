@@ -303,6 +303,8 @@ def command_train(args) -> int:
     """`faceedu train vae`: a preset, with flags overriding its fields; resumes if --run holds a checkpoint."""
     overrides = {"lr": args.lr, "batch_size": args.batch_size, "latent": args.latent}
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    if getattr(args, "channels_last", False):
+        overrides["channels_last"] = True
     if args.no_mask:
         overrides["use_mask"] = False
     if args.losses:
