@@ -682,7 +682,7 @@ def identity_comparison(root: Path | str, diat_runs: dict[str, Path], vae_run: P
         if vae_run is not None and Path(vae_run, CHECKPOINT).is_file():
             from faceedu.editing import LatentSpace, edit_faces
 
-            space = LatentSpace.from_run(vae_run, root, limit=10_000)
+            space = LatentSpace.from_run(vae_run, root, limit=5_000, cache=False)
             if config.attr in space.names:
                 sign = 1.0 if config.target == 1 else -1.0
                 edits[f"latent arithmetic (lesson 03, scale {vae_scale:g})"] = edit_faces(
