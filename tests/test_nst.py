@@ -270,3 +270,26 @@ def test_bench_entry_runs_lbfgs_steps():
     assert losses[-1] < losses[0]
     with pytest.raises(KeyError):
         bench_tasks("full")
+
+
+def test_masks_from_celebamask_hq_class_pngs_and_from_landmarks(synth_root, tmp_path):
+    """CelebAMask-HQ's own layout (CelebA-HQ-img/0.jpg -> CelebAMask-HQ-mask-anno/0/00000_<class>.png) gives the
+    same regions as the combined label map; a photograph without one gets its face from dlib's landmarks."""
+    import shutil
+
+    path = synth_root / "CelebAMask-HQ" / "CelebA-HQ-img" / "0.jpg"
+    image = nst.read_image(path, "content")
+    masks = {region: nst.content_mask(path, image, region, SIZE) for region in ("face", "hair", "background")}
+    assert all(0.02 < float(m.mean()) < 0.8 for m in masks.values())
+    assert float(sum(masks.values()).max()) == 1          # the three regions do not overlap
+    loose = tmp_path / "photo.jpg"                       # the same face with no label map next to it
+    shutil.copy(path, loose)
+    with pytest.raises(nst.NSTInputError, match="cannot be drawn from face landmarks"):
+        nst.content_mask(loose, image, "hair", SIZE)
+    try:
+        hull = nst.content_mask(loose, image, "face", SIZE)
+    except nst.NSTInputError as error:                  # the `faces` extra is not installed here
+        assert "faces" in str(error)
+        return
+    overlap = float((hull * masks["face"]).sum() / masks["face"].sum())
+    assert overlap > 0.6, overlap                        # the landmark hull covers most of the labelled face
