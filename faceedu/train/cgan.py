@@ -188,7 +188,33 @@ def load_run(run_dir: Path | str, map_location: str | torch.device = "cpu") -> t
     described, modules = read_run(run_dir, "cgan", "a cGAN", map_location)
     G = Generator(CGANConfig.from_dict(described["cgan"]))
     G.load_state_dict(modules.get("G_ema", modules["G"]))          # the moving average when the run kept one
+    if "G_ema" in modules:
+        standing_statistics(G)
     return G.eval(), described
+
+
+@torch.no_grad()
+def standing_statistics(G: Generator, batches: int = 20, batch: int = 256, seed: int = 0) -> Generator:
+    """Re-estimate G's BatchNorm running statistics for its own weights: `batches` forward passes in train
+    mode on z ~ N(0, I) and every attribute combination in equal shares, averaged (BigGAN's "standing
+    statistics", Brock et al. 2019). A moving average of G's weights carries G's last statistics, which do
+    not match the averaged weights; measured on the quick preset (docs/cgan.md) this lowers the Fréchet
+    distance and raises diversity. Deterministic (`seed`); returns G in eval mode."""
+    norms = [m for m in G.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None                                            # a cumulative average over the passes
+    g = torch.Generator().manual_seed(seed)
+    combos = combinations(G.project_y[0].in_channels)               # ConvTranspose2d(k -> p): in_channels = k
+    device = next(G.parameters()).device
+    G.train()
+    for _ in range(batches):
+        y = combos[torch.arange(batch) % len(combos)]
+        G(torch.randn(batch, G.z_dim, generator=g).to(device), y.to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return G.eval()
 
 
 # --- measurements ---------------------------------------------------------------------------------------
@@ -321,5 +347,5 @@ def bench_tasks(preset_name: str = "quick") -> dict[str, tuple[CGANTask, dict]]:
             "cgan-projection": (CGANTask(preset(preset_name, discriminator="projection")), batch)}
 
 
-__all__ = ["CGANTask", "AttributeFaces", "check_attributes", "load_data", "train_cgan", "load_run", "generate",
+__all__ = ["CGANTask", "AttributeFaces", "check_attributes", "load_data", "train_cgan", "load_run", "standing_statistics", "generate",
            "combination_grid", "evaluate_cgan", "format_report", "eval_run", "default_steps"]
