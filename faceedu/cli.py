@@ -182,7 +182,7 @@ def _latent(args: argparse.Namespace) -> int:
 
 
 def _nst(args: argparse.Namespace) -> int:
-    from faceedu.models.nst import command_nst
+    from faceedu.train.nst import command_nst
 
     return command_nst(args)
 
