@@ -156,6 +156,9 @@ def lesson_fader(root: Path | str, fast: bool = False, step_fn=None, schedule_fn
         run, data = runs / "fader-lesson05", None
     steps = steps or config.steps
     print(f"Training the quick Fader Network for {steps} steps into {run} with your fader_step ...")
+    if step_fn is not None and config.ssim_weight:
+        print(f"(The reference quick preset adds {config.ssim_weight:g} x (1 - SSIM) to the paper's MSE, which your "
+              "fader_step does not: expect blurrier faces than runs/fader-quick. docs/fader.md says why.)")
     train_fader(config, run, root, steps=steps, preset_name="quick", dataset=data, step_fn=step_fn,
                 schedule_fn=schedule_fn, loop=LoopConfig(progress=not fast, sample_every=0 if fast else 500,
                                                          log_every=2 if fast else 25))
