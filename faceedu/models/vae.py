@@ -132,10 +132,13 @@ PRESETS: dict[str, VAEConfig] = {
     # one conv per stage, 3 max-pools to 8x8x64, latent 256 projected to 8x8x64, narrow full-size layers;
     # bfloat16 where the CPU has it natively. 3,750 steps of 32 (5 epochs of the 24,000 training faces), the
     # learning rate divided by 3 for the last epoch (masked SSIM 0.798 after 4 epochs, 0.828 after 5).
+    # Not the original's model, so it keeps the PyTorch conventions it was tuned with (LEGACY): with Keras'
+    # glorot weights at its lr 1e-3 without clipping, the first Adam steps overshoot (tests/test_ddp.py's
+    # batch: loss 11.3 -> 14.3-17.9 at step 2, against 9.2 -> 8.9 with PyTorch's initialisation).
     "quick": VAEConfig(image_size=64, crop="center", encoder=((16,), (32,), (64,)), dense=512, latent=256,
                        decoder_in=(64, 8), decoder=(64, 32, 16), decoder_convs=1, mask_decoder=(16, 8, 8),
                        lr=1e-3, lr_min=1e-4, lr_decay_epochs=4, clip_norm=0.0, batch_size=32,
-                       epochs=5, epoch_images=24_000, bf16=True, channels_last=True),
+                       epochs=5, epoch_images=24_000, bf16=True, channels_last=True, **LEGACY),
 }
 
 # The paper's schedule at a GPU's pace (docs/benchmarks.md): 8x the batch, the learning rate (and its floor)
