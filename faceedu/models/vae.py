@@ -30,8 +30,9 @@ Keras conventions kept (docs/vae.md, "The released code and the paper"): a strid
 convolution centres input pixel j on output pixel 2j + 1 (`SameConvTranspose2d`; PyTorch's
 ConvTranspose2d(padding=1, output_padding=1) would centre it on 2j, one pixel off per stage); BatchNorm
 with Keras' momentum 0.99 and epsilon 1e-3 (PyTorch's momentum=0.01); glorot_uniform weights and zero
-biases; Adam's epsilon 1e-7. Runs saved before these were adopted load with the PyTorch conventions
-they were trained with (`VAEConfig.from_dict` and LEGACY).
+biases; Adam's epsilon 1e-7 — in every preset of the paper's model; `quick`, our own CPU design, keeps
+the PyTorch conventions it was tuned with. Runs saved before these were adopted load with the PyTorch
+conventions they were trained with (`VAEConfig.from_dict` and LEGACY).
 """
 
 from __future__ import annotations
