@@ -702,3 +702,19 @@ def identity_comparison(root: Path | str, diat_runs: dict[str, Path], vae_run: P
                          "identity_cosine": identity_similarity(id_judge, x, edited)["mean_cosine"],
                          "transfer_rate": edit_success_rate(attr_judge, edited, config.attr, float(config.target))})
     return rows
+
+
+def bench_tasks(preset_name: str = "quick") -> dict[str, tuple[DIATTask, dict]]:
+    """For `faceedu bench`: the DIAT steps' Task at a preset (identity judge features, untrained networks)
+    and one synthetic batch of source faces."""
+    config = preset(preset_name)
+    config = replace(config, id_network="identity_judge" if config.id_network == "auto" else config.id_network)
+    g = torch.Generator().manual_seed(0)
+    size = config.image_size
+    T, D, f = TransformNetwork(config), AttributeDiscriminator(config), DenoisingNetwork(config.f_width)
+    M.init_weights(T)
+    M.init_weights(D)
+    phi = identity_network(config, ".", D, verbose=False)
+    real = (torch.rand(64, 3, size, size, generator=g) * 255).to(torch.uint8)
+    batch = {"image": torch.rand(config.batch_size, 3, size, size, generator=g)}
+    return {"diat": (DIATTask(config, T, D, f, phi, real), batch)}
