@@ -43,4 +43,5 @@ def test_discover_skips_models_without_the_preset():
 def test_every_trained_model_offers_bench_tasks():
     """Each model the course trains takes part in `faceedu bench` at its quick preset."""
     names = {name for name, preset, _, _ in bench.discover(["quick"])}
-    assert {"vae", "cgan", "cgan-projection", "fader", "cyclegan", "judge-attributes"} <= names, names
+    assert {"vae", "cgan", "cgan-projection", "fader", "cyclegan", "diat", "nst-128", "nst-256",
+            "judge-attributes"} <= names, names
