@@ -370,8 +370,8 @@ class Check:
             raise
         except NotImplementedError:
             raise CheckFailed(
-                f"{self.exercise} is not implemented yet: replace `raise NotImplementedError()` with "
-                f"your code, run that cell, then this check again."
+                f"{self.exercise} is not implemented yet: replace the placeholder line that raises "
+                f"NotImplementedError with your code, run that cell, then this check again."
             ) from None
         except CheckFailed:
             raise

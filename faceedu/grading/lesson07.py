@@ -108,20 +108,6 @@ def _masked(f, m, mode="area", power=1):
     return (flat * m ** power) @ flat.transpose(1, 2) / (c * m.sum(2, keepdim=True).clamp_min(1e-8))
 
 
-def _names(features):
-    names, block, conv = {}, 1, 0
-    for i, layer in enumerate(features):
-        if isinstance(layer, nn.Conv2d):
-            conv += 1
-            names[f"conv{block}_{conv}"] = i
-        elif isinstance(layer, nn.ReLU):
-            names[f"relu{block}_{conv}"] = i
-        elif isinstance(layer, nn.MaxPool2d):
-            names[f"pool{block}"] = i
-            block, conv = block + 1, 0
-    return names
-
-
 class _Stack(nn.Sequential):
     """An nn.Sequential that compares equal to a copy with the same layers and weights, so that the check's
     "did you change your input?" test compares contents, not identities."""
@@ -194,7 +180,7 @@ def check_read_features(fn, hidden: bool = False) -> None:
     if hidden:
         cases.append((tiny_vgg((2, 3, 3), width=3, seed=1), ["conv3_2", "relu2_3", "conv2_3", "conv1_2"]))
     for stack, layers in cases:
-        names = _names(stack)
+        names = vgg_layer_names(stack)
         images = torch.rand(2 if hidden else 1, 3, 16, 16, generator=c.rng) - 0.5
         with torch.no_grad():
             expected, x = {}, images
