@@ -271,3 +271,16 @@ def test_cli_trains_and_evaluates_the_celeba_smiling_pairing(tmp_path, synth_roo
     report = json.loads((tmp_path / "run" / "eval" / "eval.json").read_text())
     assert report["data"] == "celeba" and report["domains"] == ["Smiling", "not_Smiling"]
     assert report["judge_Smiling_on_real_Smiling"] > 0.8 and report["judge_not_Smiling_on_real_not_Smiling"] > 0.8
+
+
+def test_celeba_pairing_reads_a_real_layout_folder_without_identities(tmp_path):
+    """Real CelebA with only images, attributes and partition: each face is its own subject."""
+    from realfixtures import write_real_celeba
+
+    from faceedu.data.expressions import load_attribute_domains
+
+    root = write_real_celeba(tmp_path / "real", n=64)
+    pairing = load_attribute_domains(root, "Smiling", "all", size=32)
+    both = pairing.subjects["Smiling"] + pairing.subjects["not_Smiling"]
+    assert len(both) == 64 and len(set(both)) == 64 and all(s.startswith("image ") for s in both)
+    assert pairing.images["Smiling"].shape[1:] == (3, 32, 32)
