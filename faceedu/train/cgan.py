@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from faceedu.models.cgan import (CGANConfig, Generator, combinations, discriminator, gan_step, parameter_count,
                                  preset)
-from faceedu.train.loop import LoopConfig, read_run, train
+from faceedu.train.loop import LoopConfig, data_root, loop_from_args, read_run, train
 
 # --- data -----------------------------------------------------------------------------------------------
 
@@ -313,14 +313,9 @@ def command_train(args) -> int:
     if args.loss:
         overrides["loss"] = args.loss
     config = preset(args.preset, **overrides)
-    root = args.root
-    if args.data == "synth":
-        from faceedu.data.synthfaces import ensure
-
-        root = ensure(root, verbose=True)
+    root = data_root(args)
     run = args.run or Path("runs") / f"cgan-{args.preset}{'-projection' if config.discriminator == 'projection' else ''}"
-    loop = LoopConfig(device=args.device, bf16=args.bf16, progress=not args.no_progress,
-                      sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+    loop = loop_from_args(args)
     print(f"cGAN ({config.discriminator} D, {config.loss} loss) on {', '.join(config.attrs)}: "
           f"G {parameter_count(Generator(config)):,} parameters, D {parameter_count(discriminator(config)):,}")
     train_cgan(config, run, root, steps=args.steps, loop=loop, preset_name=args.preset, seed=args.seed)

@@ -41,7 +41,7 @@ from torch import nn
 from faceedu.models import diat as M
 from faceedu.models.diat import (AttributeDiscriminator, DenoisingNetwork, DIATConfig, ReconstructionNetwork,
                                  TransformNetwork, preset)
-from faceedu.train.loop import CHECKPOINT, LoopConfig, read_run, train
+from faceedu.train.loop import CHECKPOINT, LoopConfig, data_root, loop_from_args, read_run, train
 
 # The mean 68 landmarks of SynthFaces' training faces (64x64) and their 5 CelebA points: a template that is
 # moved onto a face's 5 landmarks (or onto the average aligned-CelebA ones) when a folder has no 68 points.
@@ -586,14 +586,9 @@ def command_train(args) -> int:
         config = preset(args.preset, **overrides)
     except (KeyError, AssertionError) as error:
         raise SystemExit(f"faceedu train diat: {error}") from None
-    root = args.root
-    if args.data == "synth":
-        from faceedu.data.synthfaces import ensure
-
-        root = ensure(root, verbose=True)
+    root = data_root(args)
     run = args.run or Path("runs") / f"diat-{args.preset}-{config.attr}-{config.target}"
-    loop = LoopConfig(device=args.device, progress=not args.no_progress, sample_every=args.sample_every,
-                      checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+    loop = loop_from_args(args)
     try:
         train_diat(config, run, root, loop, pretrained_dir=args.pretrained, seed=args.seed, preset_name=args.preset)
     except ValueError as error:

@@ -14,7 +14,7 @@ import torch
 
 from faceedu.models import fader as FN
 from faceedu.models.fader import AutoEncoder, FaderConfig, LatentDiscriminator, preset
-from faceedu.train.loop import CHECKPOINT, LoopConfig, read_run, train
+from faceedu.train.loop import CHECKPOINT, LoopConfig, data_root, loop_from_args, read_run, train
 
 # Every ACCURACY_EVERY steps the latent discriminator's accuracy is measured in eval mode (no dropout,
 # running BatchNorm statistics, as the official evaluation) on the batch about to be trained on, and logged
@@ -513,14 +513,9 @@ def command_train(args) -> int:
     if args.data == "celeba" and args.preset == "quick":
         overrides.setdefault("crop", "center")
     config = preset(args.preset, **overrides)
-    root = args.root
-    if args.data == "synth":
-        from faceedu.data.synthfaces import ensure
-
-        root = ensure(root, verbose=True)
+    root = data_root(args)
     run = args.run or Path("runs") / f"fader-{args.preset}"
-    loop = LoopConfig(device=args.device, bf16=args.bf16, progress=not args.no_progress,
-                      sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+    loop = loop_from_args(args)
     try:
         summary = train_fader(config, run, root, steps=args.steps, loop=loop, preset_name=args.preset, seed=args.seed)
     except ValueError as error:

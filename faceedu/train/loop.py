@@ -43,6 +43,22 @@ class LoopConfig:
     progress: bool = True
 
 
+def loop_from_args(args) -> LoopConfig:
+    """The loop's settings from a `faceedu train` command's flags: --device, --bf16 (where the command offers
+    it), --no-progress, --sample-every, --checkpoint-every, --log-every."""
+    return LoopConfig(device=args.device, bf16=getattr(args, "bf16", False), progress=not args.no_progress,
+                      sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+
+
+def data_root(args):
+    """A `faceedu train` command's data folder: --root, with SynthFaces generated there first for --data synth."""
+    if args.data != "synth":
+        return args.root
+    from faceedu.data.synthfaces import ensure
+
+    return ensure(args.root, verbose=True)
+
+
 class Task(Protocol):
     """What a model provides to the loop."""
 

@@ -13,7 +13,7 @@ from faceedu.data.synthfaces import dataset_fingerprint
 from faceedu.data.tensors import load_face_tensors
 from faceedu.models.vae import (MODEL_FIELDS, FaceVAE, VAEConfig, as_float32, clip_per_parameter, lr_factor, preset,
                                 vae_losses)
-from faceedu.train.loop import LoopConfig, train
+from faceedu.train.loop import LoopConfig, data_root, loop_from_args, train
 
 
 class VAETask:
@@ -312,14 +312,9 @@ def command_train(args) -> int:
     if args.data == "celeba" and args.preset == "quick":
         overrides.setdefault("crop", "center")            # the common 64x64 recipe: CenterCrop(148), Resize(64)
     config = preset(args.preset, **overrides)
-    root = args.root
-    if args.data == "synth":
-        from faceedu.data.synthfaces import ensure
-
-        root = ensure(root, verbose=True)
+    root = data_root(args)
     run = args.run or Path("runs") / f"vae-{args.preset}"
-    loop = LoopConfig(device=args.device, bf16=args.bf16, progress=not args.no_progress,
-                      sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+    loop = loop_from_args(args)
     summary = train_vae(config, run, root, steps=args.steps, loop=loop, preset_name=args.preset, seed=args.seed,
                         compile_mode=args.compile)
     print(f"Next: faceedu eval {run}")
