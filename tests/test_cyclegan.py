@@ -284,3 +284,15 @@ def test_celeba_pairing_reads_a_real_layout_folder_without_identities(tmp_path):
     both = pairing.subjects["Smiling"] + pairing.subjects["not_Smiling"]
     assert len(both) == 64 and len(set(both)) == 64 and all(s.startswith("image ") for s in both)
     assert pairing.images["Smiling"].shape[1:] == (3, 32, 32)
+
+
+def test_samples_without_fixed_faces_show_the_batch():
+    """Without fixed test faces (the bench's Task) the sample grid is drawn from the batch itself."""
+    from faceedu.train.cyclegan import CycleGANTask
+
+    config = _tiny()
+    task = CycleGANTask(config, (3, 3))
+    batch = {k: torch.rand(2, config.channels, config.image_size, config.image_size) * 2 - 1 for k in "AB"}
+    grid = task.samples(batch)
+    assert grid.shape == (12, config.channels, config.image_size, config.image_size)
+    assert torch.allclose(grid[:2], (batch["A"] + 1) / 2) and torch.allclose(grid[6:8], (batch["B"] + 1) / 2)

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from faceedu.models.cyclegan import (PRESETS, CycleGAN, CycleGANConfig, ImagePool, discriminator_step_loss,
                                      generator_losses, linear_decay, preset, schedule_steps)
-from faceedu.train.loop import LoopConfig, read_run, train
+from faceedu.train.loop import LoopConfig, loop_from_args, read_run, train
 
 SAMPLE_FACES = 8  # fixed test faces per domain in the sample grids: one row of the loop's 8-wide grid each
 CELEBA_EVAL_FACES = 1000  # CelebA pairings are judged on the first 1,000 faces of the test partition (both
@@ -114,7 +114,7 @@ class CycleGANTask:
         if self.test_faces is not None:
             A, B = (x.to(batch["A"].device) for x in self.test_faces)
         else:
-            A, B = (batch[k][:SAMPLE_FACES] + 1) / 2, (batch["B"][:SAMPLE_FACES] + 1) / 2
+            A, B = (batch["A"][:SAMPLE_FACES] + 1) / 2, (batch["B"][:SAMPLE_FACES] + 1) / 2
         return cycle_rows(self.model, A, B)
 
 
@@ -355,8 +355,7 @@ def command_train(args) -> int:
 
         root = ensure(Path("datasets/synthfaces"), verbose=True)
     run = args.run or Path("runs") / f"cyclegan-{args.preset}"
-    loop = LoopConfig(device=args.device, progress=not args.no_progress, sample_every=args.sample_every,
-                      checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+    loop = loop_from_args(args)
     summary = train_cyclegan(config, run, root, steps=args.steps, loop=loop, preset_name=args.preset, seed=args.seed)
     report = eval_run(run, root)
     print(format_report(report))
