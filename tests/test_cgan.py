@@ -72,6 +72,35 @@ def test_projection_discriminator_uses_the_labels_and_takes_a_step():
     assert all(torch.isfinite(v) for v in losses.values())
 
 
+def test_the_matching_aware_term_shows_d_real_faces_with_one_wrong_attribute():
+    """GAN-CLS (Reed et al. 2016): with `mismatch` > 0, D's step also scores the real faces under labels with
+    exactly one attribute flipped, as negatives; off (0) in the seed's `full` preset, so its step is the seed's."""
+    from faceedu.models.cgan import flip_one
+
+    assert preset("full").mismatch == 0.0
+    torch.manual_seed(0)
+    y = torch.randint(0, 2, (512, 3)).float()
+    wrong = flip_one(y)
+    assert ((wrong - y).abs().sum(1) == 1).all(), "exactly one attribute wrong per face"
+    assert set((wrong - y).abs().argmax(1).tolist()) == {0, 1, 2}, "every attribute gets flipped"
+    with pytest.raises(ValueError, match="mismatch"):
+        preset("quick", mismatch=1.0)
+
+    config = preset("quick", batch_size=4, bf16=False, mismatch=0.5)
+    G, D = Generator(config), DCGANDiscriminator(config)
+    seen: list[torch.Tensor] = []
+    D.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[1].detach().clone()))
+    opt_g, opt_d = torch.optim.Adam(G.parameters(), 2e-4), torch.optim.Adam(D.parameters(), 2e-4)
+    x, y = torch.rand(4, 3, 64, 64) * 2 - 1, combinations(2)
+    losses = gan_step(G, D, opt_g, opt_d, x, y, config)
+    assert len(seen) == 4, "D: real, fake, real with a wrong label; then G's pass"
+    assert torch.equal(seen[0], y) and ((seen[2] - y).abs().sum(1) == 1).all()
+    assert all(torch.isfinite(v) for v in losses.values())
+    seen.clear()
+    gan_step(G, D, opt_g, opt_d, x, y, preset("quick", batch_size=4, bf16=False))
+    assert len(seen) == 3, "without the term D sees real and fake only"
+
+
 def test_bad_attributes_are_refused_before_training(synth_root, tmp_path, capsys):
     from faceedu.cli import main
 

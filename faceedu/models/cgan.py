@@ -61,6 +61,9 @@ class CGANConfig:
     discriminator: str = "dcgan"               # "dcgan": labels as input maps (seed); "projection": SN + projection
     loss: str = "bce"                          # bce (seed) | hinge (with the projection D) | lsgan
     real_label: float = 1.0                    # < 1: one-sided label smoothing (Salimans et al. 2016)
+    mismatch: float = 0.0                      # > 0: a matching-aware D (Reed et al. 2016, GAN-CLS): real faces
+                                               # with one attribute flipped are negatives of this weight, the
+                                               # fakes get 1 - mismatch (Reed: 0.5); 0 = the seed
     lr_g: float = 2e-4                         # Adam (DCGAN)
     lr_d: float = 2e-4
     beta1: float = 0.5                         # DCGAN: 0.9 made training oscillate
@@ -82,6 +85,8 @@ class CGANConfig:
             raise ValueError(f"loss must be one of {', '.join(L.GAN_LOSSES)}, got {self.loss!r}")
         if not self.attrs:
             raise ValueError("a conditional GAN needs at least one attribute")
+        if not 0.0 <= self.mismatch < 1.0:
+            raise ValueError(f"mismatch is the weight of the wrong-label negatives in [0, 1), got {self.mismatch}")
         if self.image_size != 4 * 2 ** (len(self.g_widths) + 1) or self.image_size != 4 * 2 ** (len(self.d_widths) + 1):
             raise ValueError(f"image_size {self.image_size} needs image_size = 4 * 2^(len(widths) + 1); "
                              f"g_widths has {len(self.g_widths)} stages, d_widths {len(self.d_widths)}")
@@ -226,6 +231,13 @@ def discriminator(config: CGANConfig) -> nn.Module:
     return ProjectionDiscriminator(config) if config.discriminator == "projection" else DCGANDiscriminator(config)
 
 
+def flip_one(y: torch.Tensor) -> torch.Tensor:
+    """(B, k) 0/1 attributes with one attribute per row, drawn uniformly, flipped: a label that is wrong."""
+    column = torch.randint(0, y.shape[1], (len(y),), device=y.device)
+    flip = torch.nn.functional.one_hot(column, y.shape[1]).to(y.dtype)
+    return (y - flip).abs()
+
+
 def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -248,6 +260,13 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
     real_logits, fake_logits = D(x, y), D(fake.detach(), y_fake)
     with torch.autocast(device_type=x.device.type, enabled=False):
         loss_d = L.discriminator_loss(real_logits.float(), fake_logits.float(), config.loss, config.real_label)
+    if config.mismatch > 0:
+        # matching-aware D (Reed et al. 2016, GAN-CLS): a real face with one attribute flipped is a negative,
+        # so D must read every attribute, not only "is this a face"
+        wrong_logits = D(x, flip_one(y))
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            loss_wrong = L.discriminator_loss(real_logits.float(), wrong_logits.float(), config.loss, config.real_label)
+            loss_d = (1 - config.mismatch) * loss_d + config.mismatch * loss_wrong
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
@@ -265,4 +284,4 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
 
 
 __all__ = ["CGANConfig", "PRESETS", "preset", "Generator", "DCGANDiscriminator", "ProjectionDiscriminator",
-           "discriminator", "label_maps", "dcgan_init", "combinations", "gan_step", "parameter_count"]
+           "discriminator", "flip_one", "label_maps", "dcgan_init", "combinations", "gan_step", "parameter_count"]
