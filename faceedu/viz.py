@@ -25,6 +25,15 @@ CLASS_COLOURS = np.array([
 assert len(CLASS_COLOURS) == len(CELEBAMASK_CLASSES) + 1
 
 
+def save_figure(fig: "plt.Figure", path: Path | str, dpi: int = 110, **savefig: object) -> Path:
+    """Write `fig` to `path` (its folder made when missing), close it, and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, **savefig)
+    plt.close(fig)
+    return path
+
+
 def colour_label_map(label: np.ndarray) -> np.ndarray:
     """(H, W) CelebAMask-HQ label map -> (H, W, 3) uint8 picture."""
     return CLASS_COLOURS[np.asarray(label, dtype=np.int64)]
@@ -51,11 +60,7 @@ def contact_sheet(images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray]
     handles = [plt.Rectangle((0, 0), 1, 1, color=CLASS_COLOURS[i + 1] / 255) for i in range(len(CELEBAMASK_CLASSES))]
     fig.legend(handles, CELEBAMASK_CLASSES, loc="lower center", ncol=9, fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, -0.02))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, bbox_inches="tight")
 
 
 def correlation_heatmap(matrix: np.ndarray, names: Sequence[str], path: Path | str, title: str) -> Path:
@@ -72,11 +77,7 @@ def correlation_heatmap(matrix: np.ndarray, names: Sequence[str], path: Path | s
                         color="white" if abs(matrix[i, j]) > 0.5 else "black")
     fig.colorbar(im, ax=ax, shrink=0.7, label="phi coefficient")
     ax.set_title(title, fontsize=13)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, bbox_inches="tight")
 
 
 def save_grid(images, path: Path | str, columns: int = 8) -> Path:
@@ -116,8 +117,4 @@ def plot_loss_curves(metrics_jsonl: Path | str, path: Path | str, labels: dict[s
         ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

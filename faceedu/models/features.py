@@ -370,6 +370,7 @@ def plot_first_layer_filters(net: VGGFeatures, path: Path | str) -> Path:
     """The 64 first-layer 3x3 filters as RGB tiles (each scaled to its own range): oriented edges and
     colour blobs if the weights are right, noise if the port scrambled the axes."""
     import matplotlib.pyplot as plt
+    from faceedu.viz import save_figure
 
     weight = net.features[0].weight.detach().clone()  # (64, 3, 3, 3)
     if net.convention == "caffe":
@@ -380,16 +381,13 @@ def plot_first_layer_filters(net: VGGFeatures, path: Path | str) -> Path:
         ax.imshow(w.permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.axis("off")
     fig.suptitle(f"First-layer filters: {net.label}", fontsize=9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, bbox_inches="tight")
 
 
 def plot_hed_edges(path_weights: Path | str, path: Path | str) -> Path:
     """HED on skimage's astronaut: the photo, the fused edge map and the five side outputs, in one PNG."""
     import matplotlib.pyplot as plt
+    from faceedu.viz import save_figure
     from skimage import data
 
     image = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 255  # (1, 3, 512, 512)
@@ -403,11 +401,7 @@ def plot_hed_edges(path_weights: Path | str, path: Path | str) -> Path:
             ax.imshow(picture, cmap=cmap, vmin=0 if cmap else None, vmax=1 if cmap else None)
             ax.set_title(title, fontsize=9)
     fig.suptitle(f"HED edges from the converted {HED_LABEL}", fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90, bbox_inches="tight")
 
 
 def weights_command(args) -> int:

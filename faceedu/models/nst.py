@@ -467,6 +467,7 @@ def plot_losses(history: dict[str, list[float]], path: Path | str, title: str = 
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from faceedu.viz import save_figure
 
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     for name in ("total", "content", "style", "tv"):
@@ -480,11 +481,7 @@ def plot_losses(history: dict[str, list[float]], path: Path | str, title: str = 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def save_image(image: torch.Tensor, path: Path | str) -> Path:

@@ -204,6 +204,8 @@ def docs_figures(out: Path | str, root: Path | str = "datasets/synthfaces", size
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    from faceedu.viz import save_figure
+
     def show(ax, picture, title):
         ax.imshow(picture[0].permute(1, 2, 0).clamp(0, 1).numpy() if picture.shape[1] == 3 else picture[0, 0].numpy(),
                   cmap=None if picture.shape[1] == 3 else "gray", vmin=0, vmax=1)
@@ -218,19 +220,14 @@ def docs_figures(out: Path | str, root: Path | str = "datasets/synthfaces", size
         show(axes[1, k], result.image, f"{result.drop:.0f}x lower loss")
     fig.suptitle(f"Gatys et al. on {net.label}: {size} px, {steps} L-BFGS steps, no mask", fontsize=9)
     fig.tight_layout()
-    paths = [out / "styles.png"]
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(paths[0], dpi=100)
-    plt.close(fig)
+    paths = [save_figure(fig, out / "styles.png", dpi=100)]
     fig, axes = plt.subplots(2, 3, figsize=(6.6, 4.6))
     for k, (region, mask, result, change) in enumerate(masked):
         show(axes[0, k], mask, f"{region} mask ({float(mask.mean()):.0%})")
         show(axes[1, k], result.image, f"outside changed <= {change:.2f}/255")
     fig.suptitle(f"Style (tissue) inside a mask from the label map: {size} px, {steps} L-BFGS steps", fontsize=9)
     fig.tight_layout()
-    paths.append(out / "masks.png")
-    fig.savefig(paths[1], dpi=100)
-    plt.close(fig)
+    paths.append(save_figure(fig, out / "masks.png", dpi=100))
     paths.append(plot_losses(masked[0][2].history, out / "losses_face.png", "losses, tissue style inside the face mask"))
     return paths
 

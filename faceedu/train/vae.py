@@ -227,6 +227,7 @@ def reconstruction_figure(vae: FaceVAE, x: torch.Tensor, mask: torch.Tensor | No
     """The poster's figures 7-8: for each face a column of original, reconstruction, true mask and
     predicted mask (the masks only for a VAE with a mask branch; the true one only when the data has it)."""
     import matplotlib.pyplot as plt
+    from faceedu.viz import save_figure
 
     result = vae.reconstruct(x)
     rows = [("original", x), ("reconstruction", result["out"].clamp(0, 1))]
@@ -242,11 +243,7 @@ def reconstruction_figure(vae: FaceVAE, x: torch.Tensor, mask: torch.Tensor | No
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 LOSS_LABELS = {"loss": "total loss", "ssim": "2 - SSIM (image)", "l1": "MAE (image)", "l2": "MSE (image)",

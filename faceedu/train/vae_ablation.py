@@ -80,6 +80,7 @@ def comparison_figure(out: Path, rows: list[dict], test_data, faces: int = 6) ->
     import torch
 
     from faceedu.train.vae import load_run
+    from faceedu.viz import save_figure
 
     x = torch.stack([test_data[i]["image"] for i in range(faces)])
     images = [("original", x)]
@@ -93,10 +94,7 @@ def comparison_figure(out: Path, rows: list[dict], test_data, faces: int = 6) ->
             axes[r, c].imshow(batch[r].permute(1, 2, 0).numpy())
             axes[r, c].axis("off")
     fig.tight_layout()
-    path = out / "comparison.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "comparison.png", dpi=120)
 
 
 def command_ablate(args) -> int:
