@@ -303,13 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     vae.add_argument("--no-mask", action="store_true", help="no mask decoder: image losses on the whole image")
     vae.add_argument("--channels-last", action="store_true",
                      help="NHWC memory for the convolutions (1.2x faster for `full` on a CPU; docs/benchmarks.md)")
-    vae.add_argument("--seed", type=int, default=0)
-    vae.add_argument("--device", default="auto")
     vae.add_argument("--bf16", action="store_true", help="bf16 autocast where native (CUDA; CPUs with AVX512-BF16/AMX); quick has it on")
-    vae.add_argument("--log-every", type=int, default=25)
-    vae.add_argument("--sample-every", type=int, default=250)
-    vae.add_argument("--checkpoint-every", type=int, default=250)
-    vae.add_argument("--no-progress", action="store_true")
+    _add_loop_arguments(vae)
     vae.set_defaults(func=_train_vae)
 
     cgan = train_commands.add_parser("cgan", help="the conditional DCGAN on face attributes (Fedotova et al. 2018)")
@@ -325,13 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     cgan.add_argument("--steps", type=int, default=None, help="default: the preset's epochs")
     cgan.add_argument("--batch-size", type=int, default=None)
     cgan.add_argument("--lr", type=float, default=None, help="Adam learning rate of G and D (default 2e-4)")
-    cgan.add_argument("--seed", type=int, default=0)
-    cgan.add_argument("--device", default="auto")
     cgan.add_argument("--bf16", action="store_true", help="bf16 autocast where native; quick has it on")
-    cgan.add_argument("--log-every", type=int, default=25)
-    cgan.add_argument("--sample-every", type=int, default=250)
-    cgan.add_argument("--checkpoint-every", type=int, default=250)
-    cgan.add_argument("--no-progress", action="store_true")
+    _add_loop_arguments(cgan)
     cgan.set_defaults(func=_train_cgan)
 
     fader = train_commands.add_parser("fader", help="Fader Networks: an attribute-free latent (Lample et al. 2017)")
@@ -344,13 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     fader.add_argument("--steps", type=int, default=None, help="default: the preset's")
     fader.add_argument("--batch-size", type=int, default=None)
     fader.add_argument("--lr", type=float, default=None, help="Adam learning rate of both networks (default 2e-4)")
-    fader.add_argument("--seed", type=int, default=0)
-    fader.add_argument("--device", default="auto")
     fader.add_argument("--bf16", action="store_true", help="bf16 autocast where native (CUDA; CPUs with AVX512-BF16/AMX)")
-    fader.add_argument("--log-every", type=int, default=25)
-    fader.add_argument("--sample-every", type=int, default=250)
-    fader.add_argument("--checkpoint-every", type=int, default=250)
-    fader.add_argument("--no-progress", action="store_true")
+    _add_loop_arguments(fader)
     fader.set_defaults(func=_train_fader)
 
     diat = train_commands.add_parser("diat", help="DIAT: identity-aware attribute transfer (Li, Zuo & Zhang 2016, v1)")
@@ -374,12 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     diat.add_argument("--lambda-pr", type=float, default=None, help="perceptual regulariser weight (0: the ablation)")
     diat.add_argument("--steps", type=int, default=None, help="DIAT steps after pre-training (default: the preset's)")
     diat.add_argument("--batch-size", type=int, default=None)
-    diat.add_argument("--seed", type=int, default=0)
-    diat.add_argument("--device", default="auto")
-    diat.add_argument("--log-every", type=int, default=25)
-    diat.add_argument("--sample-every", type=int, default=100)
-    diat.add_argument("--checkpoint-every", type=int, default=100)
-    diat.add_argument("--no-progress", action="store_true")
+    _add_loop_arguments(diat, every=100)
     diat.set_defaults(func=_train_diat)
 
     cyclegan = train_commands.add_parser("cyclegan", help="CycleGAN between two expressions (Zhu et al. 2017)")
@@ -400,12 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     cyclegan.add_argument("--steps", type=int, default=None, help="default: the preset's (half constant, half decay)")
     cyclegan.add_argument("--batch-size", type=int, default=None)
     cyclegan.add_argument("--lr", type=float, default=None, help="Adam learning rate of G and D")
-    cyclegan.add_argument("--seed", type=int, default=0)
-    cyclegan.add_argument("--device", default="auto")
-    cyclegan.add_argument("--log-every", type=int, default=50)
-    cyclegan.add_argument("--sample-every", type=int, default=400)
-    cyclegan.add_argument("--checkpoint-every", type=int, default=400)
-    cyclegan.add_argument("--no-progress", action="store_true")
+    _add_loop_arguments(cyclegan, log_every=50, every=400)
     cyclegan.set_defaults(func=_train_cyclegan)
 
     evaluate = commands.add_parser("eval", help="measure models with the judges and image metrics")
@@ -510,6 +485,17 @@ def build_parser() -> argparse.ArgumentParser:
     weights.set_defaults(func=_weights)
     _add_cache_dir(parser)
     return parser
+
+
+def _add_loop_arguments(parser: argparse.ArgumentParser, log_every: int = 25, every: int = 250) -> None:
+    """The shared loop's flags of a `faceedu train` command (read back by `faceedu.train.loop.loop_from_args`):
+    --seed, --device, --log-every, --sample-every and --checkpoint-every (both `every` steps), --no-progress."""
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--log-every", type=int, default=log_every)
+    parser.add_argument("--sample-every", type=int, default=every)
+    parser.add_argument("--checkpoint-every", type=int, default=every, help="steps between atomic checkpoints")
+    parser.add_argument("--no-progress", action="store_true")
 
 
 def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
