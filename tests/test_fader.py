@@ -22,6 +22,49 @@ def test_full_preset_has_the_official_parameter_counts(attrs, ae, dis):
     assert config.latent_shape == (512, 4, 4)
 
 
+@pytest.mark.parametrize("name", ["full", "quick"])
+def test_classifier_discriminator_is_the_encoders_convs_down_to_1x1_with_the_latent_discriminators_head(name):
+    """Official src/model.py: Classifier = build_layers(... n_layers = log2(img_sz) ...) without dropout, then
+    Linear(hid_dim) + LeakyReLU + Linear(n_attr); the latent discriminator = the same stack's layers after the
+    encoder's, the same head. So the classifier has exactly the encoder's convolutions plus the latent
+    discriminator's parameters (dropout has none)."""
+    config = preset(name)
+    clf, ae, dis = FN.Classifier(config), AutoEncoder(config), LatentDiscriminator(config)
+    assert count_parameters(clf) == count_parameters(ae.enc_layers) + count_parameters(dis)
+    assert not any(isinstance(m, torch.nn.Dropout) for m in clf.modules())
+    x = torch.rand(2, 3, config.image_size, config.image_size) * 2 - 1
+    assert clf.eval()(x).shape == (2, config.n_attr)
+    assert "clf_dis" not in FN.make_optimizers(ae, dis, config) and preset("full").n_clf_dis == 0
+
+
+def test_the_classifier_learns_from_real_faces_and_pulls_the_decoder_to_the_drawn_attributes():
+    """fader_step with a classifier discriminator: the classifier's update is the same whatever lam_clf (it
+    sees only the real faces), the auto-encoder's is not (decoded with random attributes, judged by it), and
+    the drawn attributes are 0 or 1, each about half the time (the official flip_attributes 'all')."""
+    import copy
+
+    config = preset("quick", image_size=16, init_fm=4, max_fm=8, n_layers=2, hid_dim=8, lat_dis_dropout=0.0,
+                    n_clf_dis=1, lambda_clf_dis=1.0)
+    torch.manual_seed(0)
+    nets = AutoEncoder(config), LatentDiscriminator(config), FN.Classifier(config)
+    x, y = torch.rand(4, 3, 16, 16) * 2 - 1, torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 1], [0, 0, 0]])
+    first = lambda m: torch.cat([p.detach().flatten() for p in m.parameters()])  # noqa: E731
+    ends = []
+    for lam_clf in (0.0, 10.0):
+        a, d, c = (copy.deepcopy(n) for n in nets)
+        opts = FN.make_optimizers(a, d, config, c)
+        torch.manual_seed(1)
+        logs = FN.fader_step(a, d, opts["ae"], opts["lat_dis"], x, y, lam=0.0, clip=5.0, clf_dis=c,
+                             opt_clf=opts["clf_dis"], lam_clf=lam_clf)
+        assert {"clf_dis", "clf_dis_acc"} <= set(logs) and ("ae_clf" in logs) == (lam_clf > 0)
+        ends.append((a, c))
+    assert torch.equal(first(ends[0][1]), first(ends[1][1]))
+    assert not torch.equal(first(ends[0][1]), first(nets[2]))
+    assert not torch.equal(first(ends[0][0]), first(ends[1][0]))
+    drawn = FN.random_attributes(torch.zeros(4000, 3))
+    assert set(drawn.unique().tolist()) == {0.0, 1.0} and abs(float(drawn.mean()) - 0.5) < 0.03
+
+
 def _decoder_inputs(ae, z, y):
     seen = []
     hooks = [layer.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1])) for layer in ae.dec_layers]

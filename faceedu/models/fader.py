@@ -58,6 +58,11 @@ class FaderConfig:
     # (the official --smooth_label 0.2 only enters the patch discriminator's loss, off by default: the latent
     # discriminator trains on hard labels there and here; lambda_ae, the MSE weight, is 1 there and here)
     ssim_weight: float = 0.0                          # + ssim_weight * (1 - SSIM) in eq. (2): NOT the paper's (quick only)
+    # the official code's classifier discriminator (--n_clf_dis, --lambda_clf_dis; 0 there by default, and in the
+    # paper's runs): a classifier of the attributes trained on real faces, and an auto-encoder loss asking it to read
+    # randomly drawn attributes on the faces decoded with them, weighted by lambda_clf_dis on the schedule of eq. (3)
+    n_clf_dis: int = 0                                # classifier updates per step (0: no classifier)
+    lambda_clf_dis: float = 0.0                       # its weight in eq. (2) at the end of the ramp
     # optimisation (both networks alike)
     lr: float = 2e-4
     beta1: float = 0.5
@@ -75,6 +80,7 @@ class FaderConfig:
         assert self.attr_layers in ("all", "input"), "attr_layers is 'all' or 'input'"
         assert self.lat_dis in ("official", "seed")
         assert len(self.attrs) == len(set(self.attrs)) >= 1, "give each attribute once"
+        assert self.lambda_clf_dis == 0 or self.n_clf_dis > 0, "lambda_clf_dis needs a classifier (n_clf_dis >= 1)"
 
     @property
     def n_attr(self) -> int:
@@ -245,6 +251,26 @@ class LatentDiscriminator(nn.Module):
         return self.proj_layers(self.conv_layers(z).flatten(1))
 
 
+class Classifier(nn.Module):
+    """The official code's classifier discriminator (`Classifier` in src/model.py): the encoder's conv layers
+    (conv 4x4 stride 2, BatchNorm from the second layer, LeakyReLU 0.2, no dropout) continued down to 1x1 on
+    the image, then Linear(hid_dim) + LeakyReLU + Linear(2A): logits per one-hot pair, as the latent
+    discriminator's head. Trained on real faces; the auto-encoder is asked to make it read the attributes
+    it decoded with."""
+
+    def __init__(self, config: FaderConfig):
+        super().__init__()
+        self.config = config
+        layers = widths(config, int(math.log2(config.image_size)))
+        self.conv_layers = nn.Sequential(*(encoder_layer(i, o, first=k == 0) for k, (i, o) in enumerate(layers)))
+        self.proj_layers = nn.Sequential(nn.Linear(layers[-1][1], config.hid_dim), nn.LeakyReLU(0.2, inplace=True),
+                                         nn.Linear(config.hid_dim, config.n_attr))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, S, S) in [-1, 1] -> logits (B, 2A)."""
+        return self.proj_layers(self.conv_layers(x).flatten(1))
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -289,9 +315,30 @@ def attribute_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 # --- one training step --------------------------------------------------------------------------------
 
 
+def random_attributes(y: torch.Tensor) -> torch.Tensor:
+    """Each binary attribute of each face drawn anew, 0 or 1 with probability 1/2 (the official
+    `flip_attributes(batch_y, params, 'all')`: "randomly flip", so about half keep their value)."""
+    return torch.randint(0, 2, y.shape, device=y.device).to(y.dtype)
+
+
+def clf_dis_step(clf_dis: Classifier, opt_clf: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                 clip: float = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official clf_dis_step: the classifier (training mode) learns the attributes y of real faces x.
+    Returns its loss and its accuracy on the batch (detached)."""
+    clf_dis.train()
+    logits = clf_dis(x)
+    loss = attr_loss(logits, y)
+    opt_clf.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(clf_dis.parameters(), clip)
+    opt_clf.step()
+    return loss.detach(), attribute_accuracy(logits.detach(), y).mean()
+
+
 def fader_step(ae: AutoEncoder, lat_dis: LatentDiscriminator, opt_ae: torch.optim.Optimizer,
                opt_dis: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lam: float,
-               clip: float = 5.0) -> dict[str, torch.Tensor]:
+               clip: float = 5.0, clf_dis: Classifier | None = None, opt_clf: torch.optim.Optimizer | None = None,
+               lam_clf: float = 0.0) -> dict[str, torch.Tensor]:
     """One iteration of the official training loop (lat_dis_step, then autoencoder_step) on a batch x
     (B, 3, S, S) in [-1, 1] with attributes y (B, A) in {0, 1}:
 
@@ -299,7 +346,12 @@ def fader_step(ae: AutoEncoder, lat_dis: LatentDiscriminator, opt_ae: torch.opti
     2. auto-encoder update, eq. (2): MSE with the true attributes + lam * P's loss on the flipped ones,
        P in eval mode and left untouched (its gradients are never stepped). With `ae.config.ssim_weight`
        w > 0 (the quick preset only, NOT the paper) the reconstruction term is MSE + w * (1 - SSIM).
-    Both updates clip the gradient norm at `clip`."""
+    Both updates clip the gradient norm at `clip`.
+
+    With a classifier discriminator `clf_dis` (the official --n_clf_dis 1; off in the paper's runs and in
+    the lesson), it is updated on the real faces between the two (the official clf_dis_step), and the
+    auto-encoder's loss gains lam_clf * -log C(y~ | D(E(x), y~)) for attributes y~ drawn at random
+    (`random_attributes`), the classifier in eval mode (the official autoencoder_step)."""
     # 1. the latent discriminator learns to read y from a latent it cannot change
     ae.eval()
     with torch.no_grad():
@@ -311,6 +363,9 @@ def fader_step(ae: AutoEncoder, lat_dis: LatentDiscriminator, opt_ae: torch.opti
     dis_loss.backward()
     nn.utils.clip_grad_norm_(lat_dis.parameters(), clip)
     opt_dis.step()
+    extra: dict[str, torch.Tensor] = {}
+    if clf_dis is not None:                     # 1b. the classifier discriminator learns y from real faces
+        extra["clf_dis"], extra["clf_dis_acc"] = clf_dis_step(clf_dis, opt_clf, x, y, clip)
     # 2. the auto-encoder reconstructs x, and the encoder hides y from P
     ae.train()
     lat_dis.eval()
@@ -323,13 +378,19 @@ def fader_step(ae: AutoEncoder, lat_dis: LatentDiscriminator, opt_ae: torch.opti
         loss = rec + ssim_weight * (1 - similarity) + lam * adv
     else:
         loss = rec + lam * adv
+    if clf_dis is not None and lam_clf > 0:     # 2b. decoded with random attributes, the classifier must read them
+        clf_dis.eval()
+        drawn = random_attributes(y)
+        clf = attr_loss(clf_dis(ae.decode(z, drawn)), drawn)
+        loss = loss + lam_clf * clf
+        extra["ae_clf"] = clf.detach()
     opt_ae.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(ae.parameters(), clip)
     opt_ae.step()
     logs = {"lat_dis": dis_loss.detach(), "lat_dis_acc": attribute_accuracy(logits.detach(), y).mean(),
             "loss": loss.detach(), "rec": rec.detach(), "enc_adv": adv.detach()}
-    return logs | ({"ssim": similarity.detach()} if ssim_weight else {})
+    return logs | ({"ssim": similarity.detach()} if ssim_weight else {}) | extra
 
 
 def separable_ssim(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -349,10 +410,12 @@ def separable_ssim(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigm
     return ((2 * mu_x * mu_y + c1) * (2 * cov + c2) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))).mean()
 
 
-def make_optimizers(ae: AutoEncoder, lat_dis: LatentDiscriminator, config: FaderConfig) -> dict[str, torch.optim.Optimizer]:
-    """Adam(lr 2e-4, betas (0.5, 0.999)) for each network (official ae_optimizer / dis_optimizer)."""
-    return {"ae": torch.optim.Adam(ae.parameters(), lr=config.lr, betas=(config.beta1, 0.999)),
-            "lat_dis": torch.optim.Adam(lat_dis.parameters(), lr=config.lr, betas=(config.beta1, 0.999))}
+def make_optimizers(ae: AutoEncoder, lat_dis: LatentDiscriminator, config: FaderConfig,
+                    clf_dis: Classifier | None = None) -> dict[str, torch.optim.Optimizer]:
+    """Adam(lr 2e-4, betas (0.5, 0.999)) for each network (official ae_optimizer / dis_optimizer; the
+    classifier discriminator, when there is one, gets the discriminators' optimiser as there)."""
+    adam = lambda m: torch.optim.Adam(m.parameters(), lr=config.lr, betas=(config.beta1, 0.999))  # noqa: E731
+    return {"ae": adam(ae), "lat_dis": adam(lat_dis)} | ({"clf_dis": adam(clf_dis)} if clf_dis is not None else {})
 
 
 # --- using a trained model ----------------------------------------------------------------------------
@@ -392,5 +455,5 @@ def reconstruct(ae: AutoEncoder, images: torch.Tensor, y: torch.Tensor, batch_si
 
 
 __all__ = ["FaderConfig", "PRESETS", "preset", "one_hot", "alpha_values", "decode_layers", "attribute_maps", "AutoEncoder",
-           "LatentDiscriminator", "count_parameters", "attr_loss", "lat_dis_loss", "encoder_adversarial_loss",
+           "LatentDiscriminator", "Classifier", "count_parameters", "random_attributes", "clf_dis_step", "attr_loss", "lat_dis_loss", "encoder_adversarial_loss",
            "lambda_schedule", "config_lambda", "separable_ssim", "attribute_accuracy", "fader_step", "make_optimizers", "edit", "reconstruct", "to_model", "to_image"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +40,15 @@ class FaderTask:
         self.schedule_fn = schedule_fn or FN.lambda_schedule
         self.config = config
         self.ae, self.lat_dis = AutoEncoder(config), LatentDiscriminator(config)
-        self.optimizers = FN.make_optimizers(self.ae, self.lat_dis, config)
+        self.clf_dis = FN.Classifier(config) if config.n_clf_dis else None   # the official classifier discriminator
+        self.optimizers = FN.make_optimizers(self.ae, self.lat_dis, config, self.clf_dis)
         self.schedulers: dict[str, Any] = {}
         self.attr_index = attr_index            # columns of the data's attributes to train on, in config.attrs order
         self.accuracy = None                    # moving average of the discriminator's accuracy
 
     @property
     def modules(self) -> dict[str, torch.nn.Module]:
-        return {"ae": self.ae, "lat_dis": self.lat_dis}
+        return {"ae": self.ae, "lat_dis": self.lat_dis} | ({"clf_dis": self.clf_dis} if self.clf_dis is not None else {})
 
     def batch_xy(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         y = batch["attr"] if self.attr_index is None else batch["attr"][:, self.attr_index]
@@ -65,8 +66,16 @@ class FaderTask:
             self.accuracy = accuracy if self.accuracy is None else self.accuracy + (accuracy - self.accuracy) / ACCURACY_WINDOW
         c = self.config
         lam = float(self.schedule_fn(step, c.lambda_max, c.lambda_start, c.lambda_steps))
-        logs = self.step_fn(ae, lat_dis, self.optimizers["ae"], self.optimizers["lat_dis"], x, y, lam, c.clip_grad_norm)
-        return dict(logs) | {"lat_dis_acc": self.accuracy, "lambda": lam}
+        clf: dict[str, Any] = {}
+        if self.clf_dis is not None:            # official: n_clf_dis classifier updates per step, the last in step_fn
+            clf_dis = getattr(self.clf_dis, "module", self.clf_dis)
+            for _ in range(c.n_clf_dis - 1):
+                FN.clf_dis_step(clf_dis, self.optimizers["clf_dis"], x, y, c.clip_grad_norm)
+            clf = {"clf_dis": clf_dis, "opt_clf": self.optimizers["clf_dis"],
+                   "lam_clf": float(self.schedule_fn(step, c.lambda_clf_dis, c.lambda_start, c.lambda_steps))}
+        logs = self.step_fn(ae, lat_dis, self.optimizers["ae"], self.optimizers["lat_dis"], x, y, lam, c.clip_grad_norm,
+                            **clf)
+        return dict(logs) | {"lat_dis_acc": self.accuracy, "lambda": lam} | ({"lambda_clf": clf["lam_clf"]} if clf else {})
 
     def samples(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Rows of 8: originals, reconstructions, then each attribute flipped."""
@@ -159,6 +168,10 @@ def lesson_fader(root: Path | str, fast: bool = False, step_fn=None, schedule_fn
     if step_fn is not None and config.ssim_weight:
         print(f"(The reference quick preset adds {config.ssim_weight:g} x (1 - SSIM) to the paper's MSE, which your "
               "fader_step does not: expect blurrier faces than runs/fader-quick. docs/fader.md says why.)")
+    if step_fn is not None and config.n_clf_dis:
+        config = replace(config, n_clf_dis=0, lambda_clf_dis=0.0)
+        print("(The reference quick preset also trains the official classifier discriminator, which the lesson's "
+              "fader_step leaves out: your run trains without it, so expect weaker attribute flips.)")
     train_fader(config, run, root, steps=steps, preset_name="quick", dataset=data, step_fn=step_fn,
                 schedule_fn=schedule_fn, loop=LoopConfig(progress=not fast, sample_every=0 if fast else 500,
                                                          log_every=2 if fast else 25))
