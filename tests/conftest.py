@@ -70,7 +70,7 @@ def trained_diat(trained_dir, synth_root, pytestconfig) -> dict:
 
     run = trained_dir / "diat-quick"
     config = preset("quick")
-    with training_progress(pytestconfig, "diat", run / QUICK_SUITE[0][0], steps=config.steps):
+    with training_progress(pytestconfig, "diat", [run / name for name, _ in QUICK_SUITE], steps=config.steps):
         payload = train_suite(synth_root, run, verbose=False)
     return payload | {"run": run}
 

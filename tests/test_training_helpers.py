@@ -104,3 +104,13 @@ def test_quick_model_copies_a_matching_tour_run_and_trains_otherwise(tmp_path, m
     assert (tmp_path / "a" / "checkpoint.pt").is_file()
     trained = training.quick_model(None, "toy", Config(16), tmp_path / "b", synth_root, 3, train, sample_every=5)
     assert calls == [(16, tmp_path / "b", synth_root, 5, "quick")] and trained["summary"]["images_per_s"] == 10.0
+
+
+def test_progress_follows_a_suite_of_runs_trained_one_after_another(tmp_path, capfd):
+    runs = [tmp_path / "a", tmp_path / "b"]
+    with training_progress(None, "suite", runs, steps=50, every=0.1):
+        for run in runs:
+            _fake_training(run, 50, 0.6)
+    err = capfd.readouterr().err
+    assert "model 1/2 a · step" in err and "model 2/2 b · step" in err, err
+    assert err.rstrip().splitlines()[-1].startswith("[suite] model 2/2 b step 50/50 after"), err

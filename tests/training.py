@@ -26,7 +26,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,29 +62,42 @@ def _last_record(metrics: Path) -> dict | None:
 
 
 @contextlib.contextmanager
-def training_progress(config: Any, name: str, run: Path, steps: int, every: float | None = None) -> Iterator[None]:
+def training_progress(config: Any, name: str, run: Path | Sequence[Path], steps: int,
+                      every: float | None = None) -> Iterator[None]:
     """While the body trains into `run` (for `steps` steps in all), print `[name] step S/N · images/s ·
-    time so far · time left` every `every` seconds past pytest's capture, and the total at the end."""
+    time so far · time left` every `every` seconds past pytest's capture, and the total at the end.
+    `run` may list several run folders trained one after another, `steps` steps each (a suite of models):
+    the line then names the model being trained, `[name] model 2/5 RUN · step S/N ...`, and the time left
+    counts the models still to come."""
     every = every if every is not None else float(os.environ.get("FACEEDU_TEST_PROGRESS_S", 30))
-    metrics = Path(run) / "metrics.jsonl"
+    runs = [Path(run)] if isinstance(run, (str, os.PathLike)) else [Path(r) for r in run]
     start, done = time.monotonic(), threading.Event()
-    first: list[tuple[float, int]] = []          # (time, step) of the first record this session saw
+    first: list[tuple[float, int]] = []          # (time, steps done in all) of the first record this session saw
     lock = threading.Lock()
 
+    def latest() -> tuple[int, dict | None]:     # the last run (index) that has logged a step, and its record
+        for i in reversed(range(len(runs))):
+            record = _last_record(runs[i] / "metrics.jsonl")
+            if record is not None:
+                return i, record
+        return 0, None
+
     def report() -> None:
-        record = _last_record(metrics)
+        i, record = latest()
         now = time.monotonic()
         if record is None:
             terminal_print(config, f"[{name}] preparing data and model · {_duration(now - start)} so far")
             return
         step = record["step"]
+        done_all, total = i * steps + step, len(runs) * steps
         if not first:
-            first.append((now, step))
-        line = f"[{name}] step {step}/{steps} · {record.get('images_per_s', float('nan')):,.0f} images/s · " \
+            first.append((now, done_all))
+        where = f"model {i + 1}/{len(runs)} {runs[i].name} · " if len(runs) > 1 else ""
+        line = f"[{name}] {where}step {step}/{steps} · {record.get('images_per_s', float('nan')):,.0f} images/s · " \
                f"{_duration(now - start)} so far"
         (t0, s0) = first[0]
-        if step > s0:
-            line += f" · about {_duration((steps - step) * (now - t0) / (step - s0))} left"
+        if done_all > s0:
+            line += f" · about {_duration((total - done_all) * (now - t0) / (done_all - s0))} left"
         terminal_print(config, line)
 
     def watch() -> None:
@@ -92,7 +105,8 @@ def training_progress(config: Any, name: str, run: Path, steps: int, every: floa
             with lock:
                 report()
 
-    terminal_print(config, f"\n[{name}] training {steps} steps into {run} (progress every {every:.0f} s)")
+    into = runs[0] if len(runs) == 1 else f"{len(runs)} models ({', '.join(r.name for r in runs)}) in {runs[0].parent}"
+    terminal_print(config, f"\n[{name}] training {steps} steps into {into} (progress every {every:.0f} s)")
     thread = threading.Thread(target=watch, name=f"progress-{name}", daemon=True)
     thread.start()
     try:
@@ -101,8 +115,10 @@ def training_progress(config: Any, name: str, run: Path, steps: int, every: floa
         done.set()
         thread.join()
         with lock:
-            record = _last_record(metrics)
+            i, record = latest()
             reached = f"step {record['step']}/{steps}" if record else "no step logged"
+            if record and len(runs) > 1:
+                reached = f"model {i + 1}/{len(runs)} {runs[i].name} {reached}"
             terminal_print(config, f"[{name}] {reached} after {_duration(time.monotonic() - start)}")
 
 
