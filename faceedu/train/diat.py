@@ -216,6 +216,13 @@ class DIATData:
         return self.images(index), (None if self.landmarks is None else self.landmarks[index])
 
 
+def replace_masks(faces, masks: torch.Tensor):
+    """The same FaceTensors with `masks` (N, 1, S, S) as their per-face masks (batches carry them as "mask")."""
+    from faceedu.data.tensors import FaceTensors
+
+    return FaceTensors(faces.images, faces.attr, faces.attr_names, faces.identity, masks, faces.folder, faces.split)
+
+
 def load_data(root: Path | str, split: str, config: DIATConfig, limit: int | None = None,
               verbose: bool = True) -> DIATData:
     from faceedu.data.tensors import load_face_tensors
@@ -352,11 +359,19 @@ class DIATTask:
         if self.f is not None:
             self.f.eval()
         source = M.to_model(batch["image"])
+        # the edit masks of the batch's faces (train_enhanced, local attribute; flipped with their faces)
+        mask = batch["mask"] if (self.config.train_enhanced and self.config.enhancement == "local") else None
         pick = torch.randint(0, len(self.real), (len(source),), device=device)
         real = M.to_model(self.real[pick])
         if self.config.hflip:
-            source, real = hflip(source), hflip(real)
-        return self.step_fn(self.T, self.D, self.f, self.phi, self.optimizers["T"], self.optimizers["D"], source, real,
+            if mask is not None:
+                both = hflip(torch.cat([source, mask], 1))
+                source, mask = both[:, :3], both[:, 3:]
+            else:
+                source = hflip(source)
+            real = hflip(real)
+        T = M.Enhanced(self.T, self.config, mask) if self.config.train_enhanced else self.T
+        return self.step_fn(T, self.D, self.f, self.phi, self.optimizers["T"], self.optimizers["D"], source, real,
                             self.config, self.phi.weights)
 
     def samples(self, batch) -> torch.Tensor:
@@ -464,7 +479,11 @@ def train_diat(config: DIATConfig, run_dir: Path | str, root: Path | str, loop: 
                 "data_fingerprint": dataset_fingerprint(root), "diat": config.to_dict(), "identity": identity,
                 "pretrained": str(pretrained_dir.resolve()), "landmarks": data.landmark_source,
                 "source_faces": len(data.source), "real_faces": len(data.real_index)}
-    s = train(task, data.source, run_dir, _loop(loop, config.steps, config, seed), describe)
+    source = data.source
+    if config.train_enhanced and config.enhancement == "local":     # each source face's edit mask rides along
+        masks = M.edit_mask(config, data.landmarks[data.source_index], config.image_size, len(data.source_index))
+        source = replace_masks(source, masks.half())
+    s = train(task, source, run_dir, _loop(loop, config.steps, config, seed), describe)
     stages["diat"] = {"seconds": s["seconds"], "images_per_s": s["images_per_s"]}
     total = round(time.perf_counter() - start, 1)
     # CPU seconds: on a busy shared machine, about what the wall time would be on an idle core
