@@ -317,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     cgan.add_argument("--discriminator", choices=["dcgan", "projection"], default=None,
                       help="dcgan: the seed's D with label maps (default); projection: spectral norm + hinge")
     cgan.add_argument("--loss", choices=["bce", "hinge", "lsgan"], default=None, help="default: the D's own")
+    cgan.add_argument("--mismatch", type=float, default=None,
+                      help="weight of a matching-aware D's wrong-label negatives (Reed et al. 2016; 0.5 there, 0 = the seed)")
     cgan.add_argument("--steps", type=int, default=None, help="default: the preset's epochs")
     cgan.add_argument("--batch-size", type=int, default=None)
     cgan.add_argument("--lr", type=float, default=None, help="Adam learning rate of G and D (default 2e-4)")

@@ -312,6 +312,8 @@ def command_train(args) -> int:
         overrides["discriminator"] = args.discriminator
     if args.loss:
         overrides["loss"] = args.loss
+    if getattr(args, "mismatch", None) is not None:
+        overrides["mismatch"] = args.mismatch
     config = preset(args.preset, **overrides)
     root = data_root(args)
     run = args.run or Path("runs") / f"cgan-{args.preset}{'-projection' if config.discriminator == 'projection' else ''}"
