@@ -175,7 +175,9 @@ def test_cgan_eval_on_real_layout_data_warns_that_the_judges_are_synthfaces_ones
 # Issue 12 stays open on these two bars: the quick preset (2,700 steps, 1/8 of the seed's width, faces drawn by
 # G's moving average with re-estimated BatchNorm statistics) measured judge agreement 42.4 / 80.6 / 56.6 / 95.4 %
 # (neither / Male / Blond / both) and diversity ratio 0.73 on one thread (900 steps drawn by G: 2.4 / 99.2 / 0.2 /
-# 11.2 %, 0.46; docs/cgan.md).
+# 11.2 %, 0.46; docs/cgan.md). A matching-aware D (Reed et al. 2016; `mismatch=0.5`, not in the preset) reads the
+# labels better but misses too: 57.0 / 96.4 / 40.0 / 85.8 % and 0.69 at 2,700 steps (seed 0), 58.2 / 98.4 / 50.0 /
+# 81.8 % and 0.71 at 3,600; the female rows fail because the judge reads G's grain as Male (docs/cgan.md).
 # strict: the day a preset meets them, these xfails fail and must become plain tests.
 QUICK_CGAN_MISSES = pytest.mark.xfail(strict=True, raises=AssertionError,
                                       reason="issue 12: the quick cGAN does not reach the lesson's bars yet (docs/cgan.md)")
