@@ -58,8 +58,8 @@ class FaderConfig:
     # (the official --smooth_label 0.2 only enters the patch discriminator's loss, off by default: the latent
     # discriminator trains on hard labels there and here; lambda_ae, the MSE weight, is 1 there and here)
     ssim_weight: float = 0.0                          # + ssim_weight * (1 - SSIM) in eq. (2): NOT the paper's (quick only)
-    # the official code's classifier discriminator (--n_clf_dis, --lambda_clf_dis; 0 there by default, and in the
-    # paper's runs): a classifier of the attributes trained on real faces, and an auto-encoder loss asking it to read
+    # the official code's classifier discriminator (--n_clf_dis, --lambda_clf_dis; 0 there by default, not in the
+    # paper): a classifier of the attributes trained on real faces, and an auto-encoder loss asking it to read
     # randomly drawn attributes on the faces decoded with them, weighted by lambda_clf_dis on the schedule of eq. (3)
     n_clf_dis: int = 0                                # classifier updates per step (0: no classifier)
     lambda_clf_dis: float = 0.0                       # its weight in eq. (2) at the end of the ramp
@@ -115,7 +115,7 @@ PRESETS: dict[str, FaderConfig] = {
     # compressed schedule: 3,000 steps (4 epochs of the 24,000 training faces), lambda 0 for the first 1,500
     # (the discriminator learns to read the attributes), then a ramp to 0.05 by step 2,500: the official 1e-4
     # needs 500k steps to matter. The official code's classifier discriminator (n_clf_dis 1, lambda_clf_dis
-    # 0.3 on the same ramp; off in the paper's runs): without it the decoder ignored its attribute input at
+    # 0.3 on the same ramp; off by default there, not in the paper): without it the decoder ignored its attribute input at
     # this budget (flips 29 / 57 / 26 %), with it 83 / 93 / 91 %. Adam at 1e-3 instead of 2e-4 (at 2e-4,
     # 1,500 steps leave the faces a blur), and NOT the paper's loss: MSE + (1 - SSIM), which lifted the
     # masked SSIM from 0.53 to 0.67 without the classifier (0.59 with it). docs/fader.md: every configuration tried.
@@ -351,7 +351,7 @@ def fader_step(ae: AutoEncoder, lat_dis: LatentDiscriminator, opt_ae: torch.opti
        w > 0 (the quick preset only, NOT the paper) the reconstruction term is MSE + w * (1 - SSIM).
     Both updates clip the gradient norm at `clip`.
 
-    With a classifier discriminator `clf_dis` (the official --n_clf_dis 1; off in the paper's runs and in
+    With a classifier discriminator `clf_dis` (the official --n_clf_dis 1; off by default there and in
     the lesson), it is updated on the real faces between the two (the official clf_dis_step), and the
     auto-encoder's loss gains lam_clf * -log C(y~ | D(E(x), y~)) for attributes y~ drawn at random
     (`random_attributes`), the classifier in eval mode (the official autoencoder_step)."""
