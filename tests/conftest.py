@@ -62,14 +62,27 @@ def trained_diat(trained_dir, synth_root, pytestconfig) -> dict:
     quick` does it, sharing one pre-training: mouth opening and closing, glasses removal, and the mouth-opening
     model without the identity loss and without the perceptual regulariser; each evaluated on 300 test faces.
     {"results": {name: evaluate(...)}, "seconds": {name: s}, "run": folder}. (Male and Young are measured by
-    the CLI for docs/diat.md: they do not fit the test run's training budget.)"""
-    from training import training_progress
+    the CLI for docs/diat.md: they do not fit the test run's training budget.) A finished suite of the same
+    preset on the same data in runs/diat-suite (the docs' command) is copied and evaluated instead of trained
+    again (FACEEDU_TEST_REUSE=0: always train)."""
+    import shutil
 
-    from faceedu.models.diat import preset
+    from training import REPO, reusable_run, training_progress
+
+    from faceedu.data.synthfaces import dataset_fingerprint
+    from faceedu.models.diat import DIATConfig, preset
     from faceedu.train.diat import QUICK_SUITE, train_suite
 
     run = trained_dir / "diat-quick"
     config = preset("quick")
+    source, fingerprint = REPO / "runs" / "diat-suite", dataset_fingerprint(synth_root)
+
+    def same(change):
+        return lambda described: (described.get("data_fingerprint") == fingerprint
+                                  and DIATConfig.from_dict(described.get("diat", {})) == preset("quick", **change))
+
+    if all(reusable_run(source / name, same(change), config.steps) for name, change in QUICK_SUITE):
+        shutil.copytree(source, run)
     with training_progress(pytestconfig, "diat", [run / name for name, _ in QUICK_SUITE], steps=config.steps):
         payload = train_suite(synth_root, run, verbose=False)
     return payload | {"run": run}

@@ -643,10 +643,22 @@ MORE_ATTRIBUTES: tuple[tuple[str, dict], ...] = (
 )
 
 
+def _finished_model(run: Path, config: DIATConfig) -> bool:
+    """Whether `run` holds a finished DIAT model of exactly `config` (its summary.json written at the end)."""
+    try:
+        described = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return ((run / "summary.json").is_file() and _finished(run, config.steps)
+            and DIATConfig.from_dict(described.get("diat", {})) == config)
+
+
 def train_suite(root: Path | str, out: Path | str, suite=QUICK_SUITE, loop: LoopConfig | None = None,
                 faces: int = 300, verbose: bool = True, **overrides) -> dict:
     """Train every (name, overrides) of `suite` with the quick preset into out/NAME, sharing out/pretrain,
-    and evaluate each on `faces` test faces; writes out/results.json. Returns {"results", "seconds"}."""
+    and evaluate each on `faces` test faces; writes out/results.json. Returns {"results", "seconds"}. A model
+    already finished in out/NAME with the same configuration is evaluated, not trained again (its summary,
+    with "reused", and its training seconds are reported)."""
     from faceedu.models.judges import judges_for
 
     out = Path(out)
@@ -656,10 +668,13 @@ def train_suite(root: Path | str, out: Path | str, suite=QUICK_SUITE, loop: Loop
     for name, change in suite:
         config = preset("quick", **(change | overrides))
         start = time.perf_counter()
-        data = load_data(root, "train", config, verbose=False)
-        summary = train_diat(config, out / name, root, loop, pretrained_dir=out / "pretrain", preset_name="quick",
-                             data=data, verbose=verbose)
-        seconds[name] = round(time.perf_counter() - start, 1)
+        if _finished_model(out / name, config):          # trained before, with this configuration: kept
+            summary = json.loads((out / name / "summary.json").read_text()) | {"reused": str(out / name)}
+        else:
+            data = load_data(root, "train", config, verbose=False)
+            summary = train_diat(config, out / name, root, loop, pretrained_dir=out / "pretrain", preset_name="quick",
+                                 data=data, verbose=verbose)
+        seconds[name] = summary["seconds"] if "reused" in summary else round(time.perf_counter() - start, 1)
         T, _, _ = load_run(out / name)
         test = load_data(root, "test", config, verbose=False)
         results[name] = evaluate(T, config, test, judges, faces) | {"train": summary}
