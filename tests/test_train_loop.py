@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from faceedu.train.loop import CHECKPOINT, LoopConfig, TrainingDiverged, load_checkpoint, train
+from faceedu.train.loop import CHECKPOINT, LoopConfig, TrainingDiverged, cpu_threads, load_checkpoint, train
 
 
 class TinyAutoencoder:
@@ -133,3 +133,22 @@ def test_tensor_datasets_train_from_the_device_with_the_same_batches_and_an_exac
     assert resumed.seen == gathered.seen[9:]
     for a, b in zip(gathered.net.state_dict().values(), resumed.net.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_cpu_threads_pins_the_count_inside_and_restores_it_after_an_error():
+    before = torch.get_num_threads()
+    pinned = 1 if before != 1 else 2
+    with pytest.raises(RuntimeError, match="inside"):
+        with cpu_threads(pinned):
+            assert torch.get_num_threads() == pinned
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+    with cpu_threads(0):                       # 0: torch's default, left alone
+        assert torch.get_num_threads() == before
+
+
+def test_the_quick_presets_quoted_by_the_tests_pin_their_thread_count():
+    from faceedu.models import cyclegan, diat, fader
+
+    assert (fader.preset("quick").threads, diat.preset("quick").threads, cyclegan.preset("quick").threads) == (2, 1, 1)
+    assert fader.preset("full").threads == diat.preset("full").threads == 0

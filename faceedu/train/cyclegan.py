@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from faceedu.models.cyclegan import (PRESETS, CycleGAN, CycleGANConfig, ImagePool, discriminator_step_loss,
                                      generator_losses, linear_decay, preset, schedule_steps)
-from faceedu.train.loop import LoopConfig, loop_from_args, read_run, train
+from faceedu.train.loop import LoopConfig, cpu_threads, loop_from_args, read_run, train
 
 SAMPLE_FACES = 8  # fixed test faces per domain in the sample grids: one row of the loop's 8-wide grid each
 CELEBA_EVAL_FACES = 1000  # CelebA pairings are judged on the first 1,000 faces of the test partition (both
@@ -190,13 +190,8 @@ def train_cyclegan(config: CycleGANConfig, run_dir: Path | str, root: Path | str
                 "split": {"train_images": {c: len(train_data.images[c]) for c in config.domains},
                           "test_images": {c: len(test_data.images[c]) for c in config.domains},
                           "test_subjects": test_data.test_subjects}}
-    threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
+    with cpu_threads(config.threads):
         return train(task, dataset, run_dir, loop, describe=describe)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def load_run(run_dir: Path | str, map_location: str | torch.device = "cpu") -> tuple[CycleGAN, dict]:

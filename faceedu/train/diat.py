@@ -41,7 +41,7 @@ from torch import nn
 from faceedu.models import diat as M
 from faceedu.models.diat import (AttributeDiscriminator, DenoisingNetwork, DIATConfig, ReconstructionNetwork,
                                  TransformNetwork, preset)
-from faceedu.train.loop import CHECKPOINT, LoopConfig, data_root, loop_from_args, read_run, train
+from faceedu.train.loop import CHECKPOINT, LoopConfig, cpu_threads, data_root, loop_from_args, read_run, train
 
 # The mean 68 landmarks of SynthFaces' training faces (64x64) and their 5 CelebA points: a template that is
 # moved onto a face's 5 landmarks (or onto the average aligned-CelebA ones) when a folder has no 68 points.
@@ -442,9 +442,16 @@ def load_pretrained(config: DIATConfig, pretrained_dir: Path | str) -> tuple[Tra
 def train_diat(config: DIATConfig, run_dir: Path | str, root: Path | str, loop: LoopConfig | None = None,
                pretrained_dir: Path | str | None = None, seed: int = 0, preset_name: str = "custom",
                data: DIATData | None = None, verbose: bool = True, step_fn=None) -> dict:
-    """All four stages for one attribute into `run_dir` (each resumable). `pretrained_dir` (default
-    `run_dir`/pretrain) holds stages 1-2 and may be shared by runs of other attributes. Returns a summary
-    with the time and images/s of every stage."""
+    """All four stages for one attribute into `run_dir` (each resumable), on `config.threads` CPU threads.
+    `pretrained_dir` (default `run_dir`/pretrain) holds stages 1-2 and may be shared by runs of other
+    attributes. Returns a summary with the time and images/s of every stage."""
+    with cpu_threads(config.threads):
+        return _train_stages(config, run_dir, root, loop, pretrained_dir, seed, preset_name, data, verbose, step_fn)
+
+
+def _train_stages(config: DIATConfig, run_dir: Path | str, root: Path | str, loop: LoopConfig | None,
+                  pretrained_dir: Path | str | None, seed: int, preset_name: str, data: DIATData | None,
+                  verbose: bool, step_fn) -> dict:
     from faceedu.data.synthfaces import dataset_fingerprint
 
     run_dir = Path(run_dir)

@@ -14,7 +14,7 @@ import torch
 
 from faceedu.models import fader as FN
 from faceedu.models.fader import AutoEncoder, FaderConfig, LatentDiscriminator, preset
-from faceedu.train.loop import CHECKPOINT, LoopConfig, data_root, loop_from_args, read_run, train
+from faceedu.train.loop import CHECKPOINT, LoopConfig, cpu_threads, data_root, loop_from_args, read_run, train
 
 # Every ACCURACY_EVERY steps the latent discriminator's accuracy is measured in eval mode (no dropout,
 # running BatchNorm statistics, as the official evaluation) on the batch about to be trained on, and logged
@@ -115,7 +115,7 @@ def train_fader(config: FaderConfig, run_dir: Path | str, root: Path | str, step
                 loop: LoopConfig | None = None, dataset: Any = None, preset_name: str = "custom",
                 seed: int = 0, step_fn=None, schedule_fn=None) -> dict:
     """Train a Fader Network into `run_dir` (resuming if a checkpoint is there) on the train split under
-    `root`; returns the loop's summary. `dataset` overrides the data."""
+    `root`, on `config.threads` CPU threads; returns the loop's summary. `dataset` overrides the data."""
     steps = steps if steps is not None else config.steps
     loop = loop or LoopConfig()
     loop = LoopConfig(**(asdict(loop) | {"steps": steps, "batch_size": config.batch_size, "seed": seed,
@@ -129,7 +129,8 @@ def train_fader(config: FaderConfig, run_dir: Path | str, root: Path | str, step
                 "data_fingerprint": dataset_fingerprint(root) if given is None else None,
                 "fader": config.to_dict()}
     task = FaderTask(config, columns, seed=seed, step_fn=step_fn, schedule_fn=schedule_fn)
-    return train(task, dataset, run_dir, loop, describe=describe)
+    with cpu_threads(config.threads):
+        return train(task, dataset, run_dir, loop, describe=describe)
 
 
 def lesson_fader(root: Path | str, fast: bool = False, step_fn=None, schedule_fn=None,
@@ -401,6 +402,8 @@ def accuracy_figure(run_dir: Path | str, path: Path | str, majority: float | Non
     """The latent discriminator's accuracy against lambda_E and against the step (the lesson's plot)."""
     import matplotlib.pyplot as plt
 
+    from faceedu.viz import save_figure
+
     curve = accuracy_curve(run_dir)
     steps = [r["step"] for r in curve]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -420,17 +423,15 @@ def accuracy_figure(run_dir: Path | str, path: Path | str, majority: float | Non
     left.legend(fontsize=7)
     fig.suptitle("Reading the attributes from the latent, as the adversary's weight rises", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def slider_figure(ae: AutoEncoder, x: torch.Tensor, y: torch.Tensor, path: Path | str,
                   alphas: tuple[float, ...] = (-2, -1, -0.5, 0, 0.5, 1, 2)) -> Path:
     """For each attribute, one face per row swept over alpha (the others kept at their labels)."""
     import matplotlib.pyplot as plt
+
+    from faceedu.viz import save_figure
 
     names = ae.config.attrs
     fig, axes = plt.subplots(len(names) * len(x), len(alphas), figsize=(1.1 * len(alphas), 1.15 * len(names) * len(x)),
@@ -449,11 +450,7 @@ def slider_figure(ae: AutoEncoder, x: torch.Tensor, y: torch.Tensor, path: Path 
                     ax.set_title(f"α = {alphas[c]:g}", fontsize=7)
             axes[row, 0].set_ylabel(name.replace("_", " "), fontsize=7)
     fig.tight_layout(pad=0.2)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def report(run_dir: Path | str, out: Path | str | None = None, root: Path | str | None = None, faces: int = 500,

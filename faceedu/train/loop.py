@@ -11,6 +11,7 @@ import math
 import os
 import random
 import time
+import contextlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,6 +49,20 @@ def loop_from_args(args) -> LoopConfig:
     it), --no-progress, --sample-every, --checkpoint-every, --log-every."""
     return LoopConfig(device=args.device, bf16=getattr(args, "bf16", False), progress=not args.no_progress,
                       sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int) -> Iterator[None]:
+    """Run the block with `count` CPU threads (0: leave torch's default, all cores), restored afterwards. A
+    quick preset whose figures the docs and the tests quote pins its count: the thread count sets how
+    reductions are split, and a GAN's trajectory follows the rounding (docs/cyclegan.md, docs/fader.md)."""
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def data_root(args):
