@@ -42,6 +42,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from faceedu.losses import discriminator_loss, generator_loss
+from faceedu.models.pixels import to_image, to_model
 
 # --- which attributes, and where they live ----------------------------------------------------------------
 
@@ -560,17 +561,6 @@ def diat_step(T: nn.Module, D: nn.Module, f: nn.Module | None, phi, opt_t: torch
 
 
 # --- using a trained model ------------------------------------------------------------------------------------------
-
-
-def to_model(images: torch.Tensor) -> torch.Tensor:
-    """[0, 1] (or uint8) -> [-1, 1]."""
-    images = images.float().div(255) if images.dtype == torch.uint8 else images.float()
-    return images * 2 - 1
-
-
-def to_image(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1]."""
-    return (x.float().clamp(-1, 1) + 1) / 2
 
 
 @torch.no_grad()

@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from faceedu.models.pixels import to_image, to_model
+
 
 # --- configuration ------------------------------------------------------------------------------------
 
@@ -424,17 +426,6 @@ def make_optimizers(ae: AutoEncoder, lat_dis: LatentDiscriminator, config: Fader
 
 
 # --- using a trained model ----------------------------------------------------------------------------
-
-
-def to_model(images: torch.Tensor) -> torch.Tensor:
-    """[0, 1] (or uint8) -> [-1, 1]."""
-    images = images.float().div(255) if images.dtype == torch.uint8 else images.float()
-    return images * 2 - 1
-
-
-def to_image(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1]."""
-    return (x.float().clamp(-1, 1) + 1) / 2
 
 
 @torch.no_grad()
