@@ -220,7 +220,8 @@ def replace_masks(faces, masks: torch.Tensor):
     """The same FaceTensors with `masks` (N, 1, S, S) as their per-face masks (batches carry them as "mask")."""
     from faceedu.data.tensors import FaceTensors
 
-    return FaceTensors(faces.images, faces.attr, faces.attr_names, faces.identity, masks, faces.folder, faces.split)
+    return FaceTensors(faces.images, faces.attr, faces.attr_names, identity=faces.identity, masks=masks,
+                       folder=faces.folder, split=faces.split)
 
 
 def load_data(root: Path | str, split: str, config: DIATConfig, limit: int | None = None,
