@@ -221,7 +221,7 @@ def standing_statistics(G: Generator, batches: int = 20, batch: int = 256, seed:
 
 
 def evaluate_cgan(G: Generator, attrs: tuple[str, ...], real: torch.Tensor, per_combination: int = 500,
-                  judge=None, seed: int = 0) -> dict:
+                  judge=None, seed: int = 0, real_attr: torch.Tensor | None = None) -> dict:
     """The lesson's bars on a trained G:
 
     - for every attribute combination, the share of `per_combination` generated faces on which the
@@ -229,7 +229,10 @@ def evaluate_cgan(G: Generator, attrs: tuple[str, ...], real: torch.Tensor, per_
     - diversity (mean pairwise distance in judge feature space) of the generated faces against the real
       faces' `real` (N, 3, S, S) in [0, 1], and the Fréchet distance on the same features with its
       real-vs-real floor (`faceedu.metrics.generation_report`; not FID: the features are the judge's).
-    The generated set mixes the combinations in equal shares."""
+    The generated set mixes the combinations in equal shares. Given `real_attr` (N, k), the real faces' own
+    0/1 attributes, each row also has `real_agreement`: the same share on the real faces of that combination
+    (None when there are none), what a G that drew the data itself would score: the bar's ceiling with this
+    judge, beside the agreement as the floor is beside the Fréchet distance."""
     from faceedu.metrics import generation_report
     from faceedu.models.judges import load_judges
 
@@ -245,15 +248,23 @@ def evaluate_cgan(G: Generator, attrs: tuple[str, ...], real: torch.Tensor, per_
                      "agreement": float(agree.all(1).float().mean()),
                      "per_attribute": {a: float(agree[:, i].mean()) for i, a in enumerate(attrs)}})
         generated.append(faces)
+    if real_attr is not None:
+        seen_real = judge.predict(real)[:, columns]
+        for row, y in zip(rows, combos):
+            mine = (real_attr == y).all(1)
+            row["real_faces"] = int(mine.sum())
+            row["real_agreement"] = float((seen_real[mine] == y).all(1).float().mean()) if mine.any() else None
     mixed = torch.cat(generated)[torch.randperm(len(combos) * per_combination, generator=torch.Generator().manual_seed(seed))]
     report = generation_report(judge, real, mixed[:len(real)])
     return {"combinations": rows, "min_agreement": min(r["agreement"] for r in rows), **report}
 
 
 def format_report(result: dict) -> str:
-    lines = [f"{'attributes':<40} {'judge agrees':>12}"]
+    lines = [f"{'attributes':<40} {'judge agrees':>12} {'on real faces':>14}"]
     for row in result["combinations"]:
-        lines.append(f"{', '.join(f'{a}={v}' for a, v in row['attributes'].items()):<40} {row['agreement']:>12.1%}")
+        real = row.get("real_agreement")
+        real = f"{real:.1%} of {row['real_faces']}" if real is not None else "-"
+        lines.append(f"{', '.join(f'{a}={v}' for a, v in row['attributes'].items()):<40} {row['agreement']:>12.1%} {real:>14}")
     lines.append(f"diversity {result['diversity']:.3f} vs real {result['real_diversity']:.3f} "
                  f"(ratio {result['diversity_ratio']:.2f}); Fréchet distance in judge features "
                  f"{result['frechet']:.3f} (real-vs-real floor {result['frechet_floor']:.3f}; not FID)")
@@ -276,9 +287,10 @@ def eval_run(run_dir: Path | str, root: Path | str | None = None, out: Path | st
     root = Path(root) if root is not None else Path(described["data"])
     out = Path(out) if out is not None else run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    real = load_data(root, "test", config, limit=real_limit).images()
+    test = load_data(root, "test", config, limit=real_limit)
     referees = judges_for(root, judges, kinds=("attributes",), verbose=False)
-    result = evaluate_cgan(G, config.attrs, real, per_combination=per_combination, judge=referees.require("attributes"))
+    result = evaluate_cgan(G, config.attrs, test.images(), per_combination=per_combination,
+                           judge=referees.require("attributes"), real_attr=test.attr)
     result |= {"run": str(run_dir), "preset": described.get("preset"), "discriminator": config.discriminator,
                "loss": config.loss, "steps": described["loop"]["steps"], "g_ema": config.g_ema,
                "judges": referees.describe(), "judge_warnings": referees.warnings}
