@@ -4,6 +4,7 @@ bad input refused, and the quick preset's quality bars on SynthFaces (trained on
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import pytest
@@ -178,6 +179,23 @@ QUICK_FADER_MISSES = pytest.mark.xfail(strict=True, raises=AssertionError,
 def test_flipping_an_attribute_succeeds_by_the_judge(fader_report, name):
     row = next(r for r in fader_report["flips"] if r["attribute"] == name)
     assert row["success"] >= 0.90, f"{name}: flipped on {row['success']:.1%} of test faces"
+
+
+def test_flip_ceiling_weights_the_judges_accuracy_per_value_by_the_flips_targets():
+    from faceedu.train.fader import flip_ceiling
+
+    truth = torch.tensor([1.0, 1.0, 1.0, 0.0])          # three flips ask for 0, one for 1
+    read = torch.tensor([1.0, 1.0, 0.0, 1.0])            # right on 2 of 3 positives, wrong on the negative
+    assert flip_ceiling(read, truth) == pytest.approx(2 / 3 * 0.25 + 0.0 * 0.75)
+    assert flip_ceiling(truth, truth) == 1.0
+    assert math.isnan(flip_ceiling(torch.ones(3), torch.ones(3)))   # no real face with the value asked for
+
+
+def test_each_flip_reports_its_ceiling_the_judge_on_real_faces(fader_report):
+    """Beside each flip's success, what the judge scores on real faces (measured 92-100 %): a judge that
+    misreads real faces fails here, and a success far under its ceiling is the model's."""
+    for row in fader_report["flips"]:
+        assert 0.85 <= row["success_ceiling"] <= 1.0, row
 
 
 def test_untouched_attributes_are_kept(fader_report):

@@ -247,6 +247,15 @@ def judge_probabilities(judge, images: torch.Tensor, batch: int = 500) -> torch.
 
 
 @torch.no_grad()
+def flip_ceiling(read: torch.Tensor, truth: torch.Tensor) -> float:
+    """The judge's reading `read` (N,) of real faces with 0/1 labels `truth` (N,): its accuracy on the faces
+    that have each value, weighted by how many flips ask for that value (the faces that have the other one)."""
+    share = {v: float((truth == v).float().mean()) for v in (0.0, 1.0)}
+    accuracy = {v: float((read[truth == v] == v).float().mean()) if share[v] else float("nan")
+                for v in (0.0, 1.0)}
+    return accuracy[1.0] * share[0.0] + accuracy[0.0] * share[1.0]
+
+
 def evaluate_fader(ae: AutoEncoder, lat_dis: LatentDiscriminator, data: Any, judges, faces: int = 500,
                    alphas: tuple[float, ...] = (-2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2)) -> dict:
     """Everything the lesson's bars measure, on the first `faces` items of `data` (a FaceTensors split):
@@ -254,7 +263,9 @@ def evaluate_fader(ae: AutoEncoder, lat_dis: LatentDiscriminator, data: Any, jud
     - per trained attribute, flipping it (alpha = -1 where present, +1 where absent, the rest at their
       labels): success = share the attribute judge reads with the new value; kept = share of the judge's
       other attributes (those it reads reliably on the reconstructions) unchanged vs the reconstruction;
-      identity cosine between reconstruction and edit (identity judge);
+      identity cosine between reconstruction and edit (identity judge); success_ceiling = the judge's
+      accuracy on the real faces themselves, per true value, weighted as the flips' targets are: what an
+      edit that drew a real face with the new value would score (the bar's ceiling with this judge);
     - the slider: the judge's mean probability of the attribute over alpha, and Spearman's rho against alpha;
     - reconstruction with the true attributes: SSIM inside the face mask (faceedu.metrics.ssim);
     - the latent discriminator's accuracy on these faces vs the majority rate, per attribute and mean."""
@@ -278,6 +289,7 @@ def evaluate_fader(ae: AutoEncoder, lat_dis: LatentDiscriminator, data: Any, jud
                 if n in names and float((seen[:, i] == labels[:, names.index(n)]).float().mean()) >= 0.9]
     out["judge_on_reconstructions"] = {n: float((seen[:, i] == labels[:, names.index(n)]).float().mean())
                                        for i, n in enumerate(judge.attributes) if n in names}
+    on_real = judge.predict(x)
     rows = []
     for a, name in enumerate(config.attrs):
         alpha = 2 * y - 1
@@ -293,7 +305,8 @@ def evaluate_fader(ae: AutoEncoder, lat_dis: LatentDiscriminator, data: Any, jud
                # no other attribute read reliably on the reconstructions (a barely trained model): nothing to keep
                "kept": float(kept.mean()) if others else float("nan"),
                "kept_worst": judge.attributes[others[int(kept.argmin())]] if others else "",
-               "kept_min": float(kept.min()) if others else float("nan"), "reliable": len(others)}
+               "kept_min": float(kept.min()) if others else float("nan"), "reliable": len(others),
+               "success_ceiling": flip_ceiling(on_real[:, j], y[:, a])}
         if identity is not None:
             row["identity_cosine"] = float(identity.similarity(recon, edited).mean())
         slider = []
@@ -494,9 +507,9 @@ def report(run_dir: Path | str, out: Path | str | None = None, root: Path | str 
 
 
 def format_report(result: dict) -> str:
-    lines = [f"{'attribute':<12} {'success':>8} {'kept':>6} {'least kept':>22} {'identity':>9} {'spearman':>9}"]
+    lines = [f"{'attribute':<12} {'success':>8} {'ceiling':>8} {'kept':>6} {'least kept':>22} {'identity':>9} {'spearman':>9}"]
     for r in result["flips"]:
-        lines.append(f"{r['attribute']:<12} {r['success']:>8.1%} {r['kept']:>6.1%} "
+        lines.append(f"{r['attribute']:<12} {r['success']:>8.1%} {r.get('success_ceiling', float('nan')):>8.1%} {r['kept']:>6.1%} "
                      f"{r['kept_worst'] + ' ' + format(r['kept_min'], '.0%'):>22} "
                      f"{r.get('identity_cosine', float('nan')):>9.3f} {r['spearman']:>9.3f}")
     d = result["lat_dis"]
@@ -591,6 +604,6 @@ def bench_tasks(preset_name: str = "quick") -> dict[str, tuple[FaderTask, dict]]
     return {"fader": (FaderTask(config), batch)}
 
 
-__all__ = ["FaderTask", "train_fader", "load_run", "load_data", "evaluate_fader", "report", "format_report",
+__all__ = ["FaderTask", "train_fader", "load_run", "load_data", "evaluate_fader", "flip_ceiling", "report", "format_report",
            "check_alphas", "edit_with_run", "lesson_fader", "compare_with_vae", "judged_flips",
            "comparison_markdown", "accuracy_figure", "slider_figure", "is_finished", "spearman"]
