@@ -534,7 +534,8 @@ def evaluate(T: TransformNetwork, config: DIATConfig, test: DIATData, judges, fa
     """The run's figures on up to `faces` test faces that lack the target state: transfer rate by the
     attribute judge (raw T and after enhancement), identity cosine by the identity judge, SSIM outside the
     edit mask (local), the artefact measure (Laplacian energy ratio) and the Fréchet distance in the
-    attribute judge's feature space to real test faces with the target state (not FID)."""
+    attribute judge's feature space to real test faces with the target state (not FID); `transfer_ceiling`:
+    the judge's rate on those real faces, what a transfer that drew a real face would score."""
     from faceedu.metrics import edit_success_rate, generation_report, identity_similarity, ssim
 
     x, lm = test.source_faces(faces)
@@ -558,6 +559,8 @@ def evaluate(T: TransformNetwork, config: DIATConfig, test: DIATData, judges, fa
     result["artefacts_raw"] = float(high_frequency_ratio(x, raw).mean())
     result["artefacts"] = float(high_frequency_ratio(x, out).mean())
     real = test.images(test.real_index[:faces])
+    # the transfer rate's ceiling: the judge on real faces that have the target state
+    result["transfer_ceiling"] = edit_success_rate(attr_judge, real, config.attr, float(config.target))
     result["frechet"] = generation_report(attr_judge, real, out)
     return result
 
@@ -589,7 +592,7 @@ def format_report(result: dict) -> str:
     lines = [f"DIAT {result['attr']} -> {result['target']} on {result['faces']} test faces "
              f"({result['enhancement']} enhancement; landmarks: {result['landmarks']})"]
     lines += [f"  judge: {line}" for line in result["judges"]] + [f"  warning: {w}" for w in result["warnings"]]
-    keys = ["transfer_rate", "transfer_rate_raw", "identity_cosine", "identity_cosine_raw", "same_person_rate",
+    keys = ["transfer_rate", "transfer_rate_raw", "transfer_ceiling", "identity_cosine", "identity_cosine_raw", "same_person_rate",
             "ssim_outside_mask", "ssim_outside_mask_min", "ssim_raw", "artefacts", "artefacts_raw"]
     lines += [f"  {k:24s} {result[k]:.3f}" for k in keys if k in result]
     fd = result["frechet"]
