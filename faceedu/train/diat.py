@@ -592,8 +592,8 @@ def format_report(result: dict) -> str:
     lines = [f"DIAT {result['attr']} -> {result['target']} on {result['faces']} test faces "
              f"({result['enhancement']} enhancement; landmarks: {result['landmarks']})"]
     lines += [f"  judge: {line}" for line in result["judges"]] + [f"  warning: {w}" for w in result["warnings"]]
-    keys = ["transfer_rate", "transfer_rate_raw", "transfer_ceiling", "identity_cosine", "identity_cosine_raw", "same_person_rate",
-            "ssim_outside_mask", "ssim_outside_mask_min", "ssim_raw", "artefacts", "artefacts_raw"]
+    keys = ["transfer_rate", "transfer_rate_raw", "transfer_ceiling", "identity_cosine", "identity_cosine_raw",
+            "same_person_rate", "ssim_outside_mask", "ssim_outside_mask_min", "ssim_raw", "artefacts", "artefacts_raw"]
     lines += [f"  {k:24s} {result[k]:.3f}" for k in keys if k in result]
     fd = result["frechet"]
     lines.append(f"  Frechet (attribute judge features, not FID) {fd.get('frechet', float('nan')):.3f}")

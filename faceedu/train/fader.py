@@ -246,7 +246,6 @@ def judge_probabilities(judge, images: torch.Tensor, batch: int = 500) -> torch.
                       for i in range(0, len(images), batch)])
 
 
-@torch.no_grad()
 def flip_ceiling(read: torch.Tensor, truth: torch.Tensor) -> float:
     """The judge's reading `read` (N,) of real faces with 0/1 labels `truth` (N,): its accuracy on the faces
     that have each value, weighted by how many flips ask for that value (the faces that have the other one)."""
@@ -256,6 +255,7 @@ def flip_ceiling(read: torch.Tensor, truth: torch.Tensor) -> float:
     return accuracy[1.0] * share[0.0] + accuracy[0.0] * share[1.0]
 
 
+@torch.no_grad()
 def evaluate_fader(ae: AutoEncoder, lat_dis: LatentDiscriminator, data: Any, judges, faces: int = 500,
                    alphas: tuple[float, ...] = (-2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2)) -> dict:
     """Everything the lesson's bars measure, on the first `faces` items of `data` (a FaceTensors split):
