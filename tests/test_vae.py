@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 import numpy as np
 
-from faceedu.models.vae import (FaceVAE, PRESETS, SameConvTranspose2d, VAEConfig, clip_per_parameter, lr_factor,
+from faceedu.models.vae import (Conv2d, Decoder, FaceVAE, PRESETS, SameConvTranspose2d, VAEConfig, clip_per_parameter, lr_factor,
                                 parameter_count, preset, reparameterise, up_block, vae_losses)
 from faceedu.train.loop import CHECKPOINT, LoopConfig, load_checkpoint
 from faceedu.data.tensors import load_face_tensors
@@ -123,6 +123,68 @@ def test_same_transposed_conv_centres_input_j_on_output_2j_plus_1_as_keras():
     with torch.no_grad():
         torch_style.weight.copy_(kernel[None, None]), torch_style.bias.zero_()
     assert torch_style(x)[0, 0, 2, 4] == 5.0 and not torch.equal(torch_style(x), up(x))   # centred on (2j, 2i)
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_same_transposed_conv_is_the_full_one_cropped_plus_its_bias(memory_format, mirror):
+    """TensorFlow's definition, bias included (the layer adds it apart from the convolution, for speed):
+    the full transposed convolution (side 2n + 1) cropped to its first 2n rows and columns, plus the bias,
+    in both memory layouts, with the gradients of the weight, the bias and the input; with `mirror`, the
+    same on mirror images (flipped in, flipped back out)."""
+    g = torch.Generator().manual_seed(0)
+    up = SameConvTranspose2d(4, 6).double().to(memory_format=memory_format)
+    up.mirror = mirror
+    with torch.no_grad():
+        up.bias.copy_(torch.randn(6, generator=g))
+    x = torch.randn(2, 4, 5, 5, generator=g, dtype=torch.float64).contiguous(memory_format=memory_format)
+    x.requires_grad_()
+    weight, bias = up.weight.detach().clone().requires_grad_(), up.bias.detach().clone().requires_grad_()
+    expected = torch.nn.functional.conv_transpose2d(x, weight, bias, stride=2)[:, :, :10, :10]
+    out = up(x.flip(2, 3)).flip(2, 3) if mirror else up(x)
+    assert out.shape == (2, 6, 10, 10) and torch.allclose(out, expected)
+    probe = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    ours = torch.autograd.grad((out * probe).sum(), (x, up.weight, up.bias))
+    theirs = torch.autograd.grad((expected * probe).sum(), (x, weight, bias))
+    assert all(torch.allclose(a, b) for a, b in zip(ours, theirs))
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_conv_with_its_bias_added_apart_is_nn_conv2d(memory_format):
+    g = torch.Generator().manual_seed(1)
+    ours, theirs = Conv2d(4, 6, 3, padding=1).double(), torch.nn.Conv2d(4, 6, 3, padding=1).double()
+    with torch.no_grad():
+        ours.bias.copy_(torch.randn(6, generator=g))
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 4, 7, 7, generator=g, dtype=torch.float64).contiguous(memory_format=memory_format)
+    x.requires_grad_()
+    out, expected = ours(x), theirs(x)
+    assert torch.allclose(out, expected)
+    probe = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    grads = [torch.autograd.grad((y * probe).sum(), (x, m.weight, m.bias)) for y, m in ((out, ours), (expected, theirs))]
+    assert all(torch.allclose(a, b) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_the_keras_aligned_decoder_on_the_mirror_image_computes_the_decoder(mask):
+    """The full preset's decoders run every layer on the mirror image, flipped in and back out (the fast
+    way to Keras' alignment): the same images and gradients as each layer on the image itself."""
+    config = PRESETS["full"]
+    decoder = Decoder(config, config.mask_decoder if mask else config.decoder, 1 if mask else 3).double()
+    assert decoder.mirror and any(isinstance(m, SameConvTranspose2d) and m.mirror for m in decoder.modules())
+    with torch.no_grad():
+        for m in decoder.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                m.bias.normal_(generator=torch.Generator().manual_seed(m.out_channels))
+    z = torch.randn(3, config.latent, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    mirrored = decoder(z)
+    grads = torch.autograd.grad(mirrored.square().sum(), list(decoder.parameters()))
+    for m in decoder.modules():
+        if hasattr(m, "mirror"):
+            m.mirror = False
+    plain = decoder(z)
+    assert plain.shape == (3, 1 if mask else 3, 144, 144) and torch.allclose(mirrored, plain)
+    assert all(torch.allclose(a, b) for a, b in zip(grads, torch.autograd.grad(plain.square().sum(), list(decoder.parameters()))))
 
 
 @pytest.mark.parametrize("n", [1, 4, 9])

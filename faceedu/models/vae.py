@@ -203,12 +203,48 @@ def batch_norm(channels: int, config: VAEConfig | None = None, dims: int = 2) ->
     return norm(channels, eps=config.bn_eps, momentum=config.bn_momentum)
 
 
+def _with_bias(convolution, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """convolution(x, weight, bias), in float32 with the bias added apart: the same sum, but torch 2.14's CPU
+    convolutions are slower with one, forward and backward (batch 32, one thread: a 3 -> 32 convolution at
+    144 x 144, 67 ms against 57; the 72 -> 144 transposed stage, 156 against 98). Under autocast (bfloat16)
+    the bias stays inside, where it costs less than an addition apart."""
+    if bias is None or torch.is_autocast_enabled(x.device.type):
+        return convolution(x, weight, bias)
+    return convolution(x, weight, None).add_(bias.view(1, -1, 1, 1))
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d with its bias added apart (`_with_bias`). With `mirror` set it works on mirror images (both
+    spatial axes reversed) with its kernel reversed to match, so that mirror-conv(flip(x)) = flip(conv(x))
+    for a 'same' convolution: the Keras-aligned Decoder runs on the mirror image (SameConvTranspose2d)."""
+
+    mirror = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.flip(2, 3) if self.mirror else self.weight
+        return _with_bias(self._conv_forward, x, weight, self.bias)
+
+
 def conv_block(c_in: int, c_out: int, config: VAEConfig | None = None) -> nn.Sequential:
     """Conv3x3 (same padding) + BatchNorm + ELU, the paper's ConvBlock."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), batch_norm(c_out, config), ELU())
+    return nn.Sequential(Conv2d(c_in, c_out, 3, padding=1), batch_norm(c_out, config), ELU())
 
 
-class SameConvTranspose2d(nn.ConvTranspose2d):
+class ConvTranspose2d(nn.ConvTranspose2d):
+    """nn.ConvTranspose2d with its bias added apart, and `mirror` as Conv2d's (valid for a crop that is the
+    same on both sides, as the paper's "valid" 4 -> 9 stage's: none)."""
+
+    mirror = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _with_bias(self._transposed, x, self.weight, self.bias)
+
+    def _transposed(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        weight = weight.flip(2, 3) if self.mirror else weight
+        return nn.functional.conv_transpose2d(x, weight, bias, self.stride, self.padding, self.output_padding)
+
+
+class SameConvTranspose2d(ConvTranspose2d):
     """Keras' Conv2DTranspose(strides=s, padding="same"): side n -> s n, input pixel j centred on output
     pixel s j + (k - 1) / 2 - (k - s) // 2, i.e. 2j + 1 for k = 3, s = 2.
 
@@ -217,11 +253,15 @@ class SameConvTranspose2d(nn.ConvTranspose2d):
     PyTorch's ConvTranspose2d(padding=1, output_padding=1) crops one pixel at the start instead, so it
     centres input j on 2j: the same parameters, every stage one pixel off.
 
-    Computed without the crop: the kernel padded with q zeros at its start moves every output q pixels
-    later, and PyTorch's padding p = c + q then crops exactly Keras' window (for k = 3, s = 2: a 4x4
-    kernel whose first row and column are zero, stride 2, padding 1). Measured on one CPU thread, that is
-    1.3x faster than the full transposed convolution plus a crop for the 72 -> 144 stage (oneDNN is slow
-    for an odd output side). The weights are an ordinary ConvTranspose2d's (k x k, same state_dict keys)."""
+    Computed without a crop, two ways (the weights are an ordinary ConvTranspose2d's either way: k x k, the
+    same state_dict keys):
+    - on the image itself: the kernel padded with q zeros at its start moves every output q pixels later,
+      and PyTorch's padding p = c + q then crops exactly Keras' window (for k = 3, s = 2: a 4x4 kernel whose
+      first row and column are zero, stride 2, padding 1; 1.3x faster on a CPU than the full transposed
+      convolution plus a crop, as oneDNN is slow for an odd output side);
+    - with `mirror`, on the mirror image: Keras' window is then the full output's [k - s - c, ...), PyTorch's
+      own crop of a k x k kernel, reversed (for k = 3, s = 2: padding 1, output_padding 1). No zero taps:
+      16/9 fewer multiply-adds than the 4x4 kernel, the reason the Keras-aligned Decoder mirrors its input."""
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int = 3, stride: int = 2):
         super().__init__(c_in, c_out, kernel_size, stride=stride, padding=0)
@@ -230,11 +270,15 @@ class SameConvTranspose2d(nn.ConvTranspose2d):
         self.shift = max(0, k - s - 2 * c)                 # q zeros before the kernel
         self.crop = c + self.shift                         # PyTorch's padding
         self.extra = s - k + 2 * c + self.shift            # PyTorch's output_padding (0 for k = 3, s = 2)
+        self.mirror_crop, self.mirror_extra = k - s - c, k - s - 2 * c   # the same on the mirror image
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _transposed(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.mirror:                                    # (B, C, sn, sn) either way
+            return nn.functional.conv_transpose2d(x, weight.flip(2, 3), bias, self.stride, self.mirror_crop,
+                                                  self.mirror_extra)
         q = self.shift
-        weight = nn.functional.pad(self.weight, (q, 0, q, 0)) if q else self.weight   # (C_in, C_out, k+q, k+q)
-        return nn.functional.conv_transpose2d(x, weight, self.bias, self.stride, self.crop, self.extra)  # (B, C, sn, sn)
+        weight = nn.functional.pad(weight, (q, 0, q, 0)) if q else weight   # (C_in, C_out, k+q, k+q)
+        return nn.functional.conv_transpose2d(x, weight, bias, self.stride, self.crop, self.extra)
 
 
 def up_block(c_in: int, c_out: int, odd: bool, config: VAEConfig | None = None) -> nn.Sequential:
@@ -244,11 +288,11 @@ def up_block(c_in: int, c_out: int, odd: bool, config: VAEConfig | None = None) 
     ConvTranspose2d(padding=1, output_padding=1) (runs saved before issue 17)."""
     config = config or VAEConfig()
     if odd:
-        up = nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=0)
+        up = ConvTranspose2d(c_in, c_out, 3, stride=2, padding=0)
     elif config.transpose_align == "keras":
         up = SameConvTranspose2d(c_in, c_out, 3, stride=2)
     else:
-        up = nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1)
+        up = ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1)
     return nn.Sequential(up, batch_norm(c_out, config), ELU())
 
 
@@ -343,13 +387,20 @@ class Decoder(nn.Module):
             layers.append(up_block(c, width, odd=after == 2 * before + 1, config=config))
             layers.extend(conv_block(width, width, config) for _ in range(config.decoder_convs))
             c = width
-        layers += [nn.Conv2d(c, channels, 3, padding=1), nn.Sigmoid()]
+        layers += [Conv2d(c, channels, 3, padding=1), nn.Sigmoid()]
         self.net = nn.Sequential(*layers)
+        # Keras-aligned stages run fastest on the mirror image (SameConvTranspose2d): so does every layer
+        self.mirror = config.transpose_align == "keras"
+        for layer in self.net.modules():
+            if isinstance(layer, (Conv2d, ConvTranspose2d)):
+                layer.mirror = self.mirror
         if config.init == "keras":
             self.apply(keras_init)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.project(z).view(len(z), *self.start)   # (B, c0, s, s)
+        if self.mirror:                                 # mirrored in, every layer on the mirror image, back
+            return self.net(h.flip(2, 3)).flip(2, 3)
         return self.net(h)                              # (B, channels, S, S)
 
 
