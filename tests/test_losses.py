@@ -69,6 +69,17 @@ def test_gaussian_window_is_skimage_and_tensorflow_shaped():
     assert L.gaussian_window(9).shape == (9, 9)
 
 
+def test_ssim_filter_is_the_depthwise_convolution_with_the_window():
+    """The SSIM's local means, taken as two banded matrix products, are the 'valid' depthwise convolution
+    with gaussian_window, on an image that is not square (rows and columns kept apart)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 20, 31, generator=g, dtype=torch.float64)
+    window = L.gaussian_window(9, 1.5, torch.float64)
+    expected = torch.nn.functional.conv2d(x, window[None, None].expand(3, 1, 9, 9), groups=3)
+    ours = L._filter(x, L._gaussian(9, 1.5))
+    assert ours.shape == (2, 3, 12, 23) and torch.allclose(ours, expected)
+
+
 def test_masked_ssim_only_sees_windows_centred_on_the_mask():
     g = torch.Generator().manual_seed(1)
     x = torch.rand(1, 3, 48, 48, generator=g)
