@@ -231,8 +231,8 @@ def conv_block(c_in: int, c_out: int, config: VAEConfig | None = None) -> nn.Seq
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
-    """nn.ConvTranspose2d with its bias added apart, and `mirror` as Conv2d's (valid for a crop that is the
-    same on both sides, as the paper's "valid" 4 -> 9 stage's: none)."""
+    """nn.ConvTranspose2d with its bias added apart, and `mirror` as Conv2d's (exact when the crop is the same
+    on both sides and there is no output padding, as in the paper's "valid" 4 -> 9 stage)."""
 
     mirror = False
 
