@@ -228,9 +228,10 @@ def test_batchnorm_initialisation_and_adam_follow_keras():
 
 
 def test_the_fast_elu_is_elu_forward_and_backward():
-    """The VAE's ELU (max(exp(min(x, 0)) - 1, x), for CPU speed) equals torch's ELU to rounding, in value
-    and gradient, at 0, on both sides, in float64 (gradcheck) and float32, NCHW and channels_last."""
-    from faceedu.models.vae import ELU, _ELUFunction
+    """The VAE's ELU (max(2^(log2(e) min(x, 0)) - 1, x), chunk by chunk, for CPU speed) equals torch's ELU to
+    rounding, in value and gradient, at 0, on both sides, in float64 (gradcheck), float32 and bfloat16, NCHW
+    and channels_last."""
+    from faceedu.models.vae import _ELU_CHUNK, ELU, _ELUFunction
 
     x = torch.cat([torch.randn(500, dtype=torch.float64) * 4, torch.tensor([0.0, -1e-12, 1e-12, -30.0, 30.0],
                                                                            dtype=torch.float64)]).requires_grad_()
@@ -243,6 +244,16 @@ def test_the_fast_elu_is_elu_forward_and_backward():
     out = ELU()(image)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(out, torch.nn.functional.elu(image), atol=1e-6, rtol=0)
+    # Several chunks (the last one short), a storage offset, and bfloat16 (the quick preset under autocast),
+    # which is computed in float32 and rounded once: within half a bfloat16 step of ELU at the ends.
+    maps = (torch.randn(3, 8, 128, 150) * 4).contiguous(memory_format=torch.channels_last)[1:]
+    assert maps.numel() > 2 * _ELU_CHUNK and maps.storage_offset() > 0
+    out = ELU()(maps)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out, torch.nn.functional.elu(maps), atol=1e-6, rtol=0)
+    low = maps.bfloat16()
+    assert ELU()(low).dtype == torch.bfloat16
+    assert torch.allclose(ELU()(low).float(), torch.nn.functional.elu(low.float()), atol=2 ** -9, rtol=2 ** -9)
     vae = FaceVAE(PRESETS["full"])
     elus = [m for m in vae.modules() if isinstance(m, torch.nn.ELU)]
     assert len(elus) == 11 + 1 + 2 * 14 and all(type(m) is ELU for m in elus)
