@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     vae = train_commands.add_parser("vae", help="the face VAE with a mask decoder (Toledo & Antonelo 2021)")
     vae.add_argument("--compile", default=None, choices=["default", "reduce-overhead", "max-autotune"],
-                     help="torch.compile the step; reduce-overhead adds CUDA graphs (GPU, batch 32)")
+                     help="torch.compile the step, in NCHW memory; reduce-overhead adds CUDA graphs (GPU, batch 32)")
     vae.add_argument("--preset", choices=["quick", "full", "released-code", "paper-h9", "full-large-batch", "poster"],
                      default="quick",
                      help="quick: 64x64 SynthFaces on a CPU; full: the paper's model (144x144), SSIM+L1+L2, lr / 3 every 10 epochs; "
@@ -301,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     vae.add_argument("--latent", type=int, default=None)
     vae.add_argument("--losses", default=None, help="image losses joined by +, e.g. ssim+l2 (default: the preset's)")
     vae.add_argument("--no-mask", action="store_true", help="no mask decoder: image losses on the whole image")
-    vae.add_argument("--channels-last", action="store_true",
-                     help="NHWC memory for the convolutions (1.2x faster for `full` on a CPU; docs/benchmarks.md)")
+    vae.add_argument("--nchw", action="store_true",
+                     help="NCHW memory, not the default channels_last (NHWC: 1.2x faster for `full` on a CPU; "
+                          "docs/benchmarks.md); --compile implies it")
     vae.add_argument("--bf16", action="store_true", help="bf16 autocast where native (CUDA; CPUs with AVX512-BF16/AMX); quick has it on")
     _add_loop_arguments(vae)
     vae.set_defaults(func=_train_vae)

@@ -235,11 +235,14 @@ def test_the_fast_elu_is_elu_forward_and_backward():
 
     x = torch.cat([torch.randn(500, dtype=torch.float64) * 4, torch.tensor([0.0, -1e-12, 1e-12, -30.0, 30.0],
                                                                            dtype=torch.float64)]).requires_grad_()
-    assert torch.autograd.gradcheck(_ELUFunction.apply, (x[:50].detach().clone().requires_grad_(),))
+    for inplace in (False, True):
+        assert torch.autograd.gradcheck(lambda t: _ELUFunction.apply(t * 1, inplace), (x[:50].detach().clone().requires_grad_(),))
     g = torch.randn_like(x)
-    ours, = torch.autograd.grad(ELU()(x), x, g)
     theirs, = torch.autograd.grad(torch.nn.functional.elu(x), x, g)
-    assert torch.allclose(ELU()(x), torch.nn.functional.elu(x), atol=1e-15, rtol=0) and torch.allclose(ours, theirs)
+    for module in (ELU(), ELU(inplace=True)):
+        y = module(x * 1)                         # in place on a fresh tensor, as after a BatchNorm
+        ours, = torch.autograd.grad(y, x, g)
+        assert torch.allclose(y, torch.nn.functional.elu(x), atol=1e-15, rtol=0) and torch.allclose(ours, theirs)
     image = torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)
     out = ELU()(image)
     assert out.is_contiguous(memory_format=torch.channels_last)
@@ -248,15 +251,39 @@ def test_the_fast_elu_is_elu_forward_and_backward():
     # which is computed in float32 and rounded once: within half a bfloat16 step of ELU at the ends.
     maps = (torch.randn(3, 8, 128, 150) * 4).contiguous(memory_format=torch.channels_last)[1:]
     assert maps.numel() > 2 * _ELU_CHUNK and maps.storage_offset() > 0
-    out = ELU()(maps)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    assert torch.allclose(out, torch.nn.functional.elu(maps), atol=1e-6, rtol=0)
-    low = maps.bfloat16()
-    assert ELU()(low).dtype == torch.bfloat16
-    assert torch.allclose(ELU()(low).float(), torch.nn.functional.elu(low.float()), atol=2 ** -9, rtol=2 ** -9)
+    expected = torch.nn.functional.elu(maps)
+    for inplace in (False, True):
+        low, data = maps.bfloat16(), maps.clone()
+        out, out_low = ELU(inplace=inplace)(data), ELU(inplace=inplace)(low)
+        assert (out is data) == inplace and (out_low is low) == inplace and out_low.dtype == torch.bfloat16
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(out, expected, atol=1e-6, rtol=0)
+        assert torch.allclose(out_low.float(), expected, atol=2 ** -8, rtol=2 ** -8)
+    assert torch.allclose(ELU()(maps.bfloat16()).float(), torch.nn.functional.elu(maps.bfloat16().float()),
+                          atol=2 ** -9, rtol=2 ** -9)
+    transposed = torch.randn(40, 30).t() * 4      # neither contiguous nor channels_last: computed apart, copied back
+    expected = torch.nn.functional.elu(transposed)
+    assert ELU(inplace=True)(transposed) is transposed and torch.allclose(transposed, expected, atol=1e-6, rtol=0)
     vae = FaceVAE(PRESETS["full"])
     elus = [m for m in vae.modules() if isinstance(m, torch.nn.ELU)]
-    assert len(elus) == 11 + 1 + 2 * 14 and all(type(m) is ELU for m in elus)
+    assert len(elus) == 11 + 1 + 2 * 14 and all(type(m) is ELU and m.inplace for m in elus)
+
+
+def test_train_vae_runs_channels_last_unless_nchw_or_compiled(capsys):
+    """Every preset trains in channels_last memory (the CPU recipe of docs/benchmarks.md, faster on GPUs too);
+    `--nchw` turns it off, and so does `--compile`, saying why (inductor failed on it)."""
+    from faceedu.cli import build_parser
+    from faceedu.train.vae import config_from_args
+
+    assert all(config.channels_last for config in PRESETS.values())
+    def config(*flags):
+        return config_from_args(build_parser().parse_args(["train", "vae", "--preset", "full", *flags]))
+    assert config().channels_last and capsys.readouterr().out == ""
+    assert not config("--nchw").channels_last and capsys.readouterr().out == ""
+    assert not config("--compile", "reduce-overhead").channels_last and "NCHW" in capsys.readouterr().out
+    task = VAETask(preset("full", encoder=((4,), (8,)), image_size=16, dense=16, latent=8, decoder_in=(8, 4),
+                          decoder=(8, 4), mask_decoder=(4, 4)))
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in task.vae.parameters() if p.dim() == 4)
 
 
 def test_released_code_and_paper_best_row_presets():

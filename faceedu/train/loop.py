@@ -295,13 +295,14 @@ def _finite_losses(losses: dict[str, torch.Tensor | float], step: int, checkpoin
     return result
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world_size); initialises the process group when launched by torchrun."""
+def _distributed() -> tuple[int, int, bool]:
+    """(rank, world_size, whether this call made the process group): initialises it when launched by torchrun."""
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
-        return 0, 1
-    if not torch.distributed.is_initialized():
+        return 0, 1, False
+    made = not torch.distributed.is_initialized()
+    if made:
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return torch.distributed.get_rank(), torch.distributed.get_world_size(), made
 
 
 def train(task: Task, dataset: Dataset, run_dir: Path | str, config: LoopConfig, describe: dict | None = None) -> dict:
@@ -313,7 +314,7 @@ def train(task: Task, dataset: Dataset, run_dir: Path | str, config: LoopConfig,
     from faceedu.viz import plot_loss_curves, save_grid
 
     run_dir = Path(run_dir)
-    rank, world = _distributed()
+    rank, world, made_group = _distributed()
     main_process = rank == 0
     device = pick_device(config.device)
     checkpoint = run_dir / CHECKPOINT
@@ -409,4 +410,7 @@ def train(task: Task, dataset: Dataset, run_dir: Path | str, config: LoopConfig,
               f"({summary['images_per_s']:,.0f} images/s); run folder: {run_dir}")
     elif main_process:
         print(f"Nothing to train: {run_dir} is already at step {config.steps}.")
+    if made_group:      # every rank leaves together, with gloo's threads stopped (else a rank may abort at exit:
+        torch.distributed.barrier()          # "terminate called without an active exception")
+        torch.distributed.destroy_process_group()
     return summary

@@ -296,19 +296,26 @@ __all__ = ["VAETask", "train_vae", "load_run", "check_same_model", "run_model_di
 # --- command line ----------------------------------------------------------------------------------------
 
 
-def command_train(args) -> int:
-    """`faceedu train vae`: a preset, with flags overriding its fields; resumes if --run holds a checkpoint."""
+def config_from_args(args) -> VAEConfig:
+    """`faceedu train vae`'s config: the preset, with the flags overriding its fields."""
     overrides = {"lr": args.lr, "batch_size": args.batch_size, "latent": args.latent}
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if getattr(args, "channels_last", False):
-        overrides["channels_last"] = True
+    if args.nchw or args.compile:        # inductor failed on channels_last's convolution backward (torch 2.11)
+        overrides["channels_last"] = False
+        if not args.nchw:
+            print("--compile: NCHW memory (torch.compile's channels_last convolution backward failed; docs/benchmarks.md)")
     if args.no_mask:
         overrides["use_mask"] = False
     if args.losses:
         overrides["image_losses"] = tuple(args.losses.split("+"))
     if args.data == "celeba" and args.preset == "quick":
         overrides.setdefault("crop", "center")            # the common 64x64 recipe: CenterCrop(148), Resize(64)
-    config = preset(args.preset, **overrides)
+    return preset(args.preset, **overrides)
+
+
+def command_train(args) -> int:
+    """`faceedu train vae`: a preset, with flags overriding its fields; resumes if --run holds a checkpoint."""
+    config = config_from_args(args)
     root = data_root(args)
     run = args.run or Path("runs") / f"vae-{args.preset}"
     loop = loop_from_args(args)
