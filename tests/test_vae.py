@@ -149,15 +149,19 @@ def test_same_transposed_conv_is_the_full_one_cropped_plus_its_bias(memory_forma
     assert all(torch.allclose(a, b) for a, b in zip(ours, theirs))
 
 
+@pytest.mark.parametrize("out_channels", [6, 1])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
-def test_conv_with_its_bias_added_apart_is_nn_conv2d(memory_format):
+def test_conv_with_its_bias_added_apart_is_nn_conv2d(memory_format, out_channels):
+    """Also the one-output-map convolution (the mask decoder's last, on channels_last: `_OneMapConv3x3`)."""
     g = torch.Generator().manual_seed(1)
-    ours, theirs = Conv2d(4, 6, 3, padding=1).double(), torch.nn.Conv2d(4, 6, 3, padding=1).double()
+    ours = Conv2d(4, out_channels, 3, padding=1).double()
+    theirs = torch.nn.Conv2d(4, out_channels, 3, padding=1).double()
     with torch.no_grad():
-        ours.bias.copy_(torch.randn(6, generator=g))
+        ours.bias.copy_(torch.randn(out_channels, generator=g))
     theirs.load_state_dict(ours.state_dict())
-    x = torch.randn(2, 4, 7, 7, generator=g, dtype=torch.float64).contiguous(memory_format=memory_format)
+    x = torch.randn(2, 4, 7, 9, generator=g, dtype=torch.float64).contiguous(memory_format=memory_format)
     x.requires_grad_()
+    assert ours._fits_one_map(x) == (out_channels == 1 and memory_format == torch.channels_last)
     out, expected = ours(x), theirs(x)
     assert torch.allclose(out, expected)
     probe = torch.randn(out.shape, generator=g, dtype=torch.float64)
