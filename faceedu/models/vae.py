@@ -197,11 +197,12 @@ class _ELUFunction(torch.autograd.Function):
             torch.clamp(xs, max=0, out=e).mul_(_LOG2E).exp2_().sub_(1)
             torch.maximum(e, xs, out=ys)
         if inplace:
-            if out is not x:
+            if out is not x:                                  # computed apart (float32 or made dense)
                 x.copy_(out)
             ctx.mark_dirty(x)
             out = x
-        out = out.to(x.dtype)
+        else:
+            out = out.to(x.dtype)
         ctx.save_for_backward(out)
         return out
 
@@ -250,6 +251,12 @@ def _shifts(h: int, w: int):
                    slice(max(0, dh), h + min(0, dh)), slice(max(0, dw), w + min(0, dw)))
 
 
+def _pixels_and_taps(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A channels_last input as (B H W, C) (a view) and a one-map 3x3 kernel as (9, C), tap-major (kh, kw)."""
+    c = x.shape[1]
+    return x.permute(0, 2, 3, 1).reshape(-1, c), weight.reshape(c, 9).t()
+
+
 class _OneMapConv3x3(torch.autograd.Function):
     """A 3x3 'same' convolution (stride 1, no bias) to ONE output map, on a channels_last input, as one matrix
     product and nine shifted sums: the nine taps' responses at every pixel, (9, C) @ (C, B H W), then each
@@ -259,8 +266,7 @@ class _OneMapConv3x3(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        pixels = x.permute(0, 2, 3, 1).reshape(-1, c)                    # (B H W, C): a view, channels_last
-        taps = weight.reshape(c, 9).t()                                   # (9, C), tap-major (kh, kw)
+        pixels, taps = _pixels_and_taps(x, weight)
         responses = (taps @ pixels.t()).view(3, 3, b, h, w)
         out = x.new_empty(b, 1, h, w)
         plane = out[:, 0].copy_(responses[1, 1])
@@ -279,12 +285,12 @@ class _OneMapConv3x3(torch.autograd.Function):
         for kh, kw, out_h, out_w, in_h, in_w in _shifts(h, w):
             spread[kh, kw, :, in_h, in_w] = grad[:, out_h, out_w]
         spread = spread.view(9, -1)
-        taps = weight.reshape(c, 9).t()
+        pixels, taps = _pixels_and_taps(x, weight)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = (spread.t() @ taps).view(b, h, w, c).permute(0, 3, 1, 2)    # channels_last
         if ctx.needs_input_grad[1]:
-            grad_w = (spread @ x.permute(0, 2, 3, 1).reshape(-1, c)).t().reshape(weight.shape)
+            grad_w = (spread @ pixels).t().reshape(weight.shape)
         return grad_x, grad_w
 
 
