@@ -124,7 +124,7 @@ def step_latent(tour: Tour) -> None:
 
 def step_cgan(tour: Tour) -> None:
     """Lesson 04: the quick conditional DCGAN on Blond_Hair x Male, trained into tour.cgan_run as `faceedu
-    train cgan` does (about 3 minutes on 2 idle CPU cores; a finished run is reused), then judged: the
+    train cgan` does (about 3.5 minutes on 2 idle CPU cores; a finished run is reused), then judged: the
     attribute judge on 250 faces of every combination, diversity and the Fréchet distance in its features."""
     from faceedu.models.cgan import preset
     from faceedu.train.cgan import eval_run, train_cgan

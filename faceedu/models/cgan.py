@@ -31,6 +31,12 @@ no BatchNorm, summed over space, and the logit is
 
 with one learned embedding e_i[0], e_i[1] per attribute: the label enters as an inner product with the
 features rather than as extra input maps.
+
+An auxiliary attribute classifier C (AC-GAN, Odena, Olah & Shlens 2017, eq. 2-3; not in the seed, off in
+`full`) reads only the image: D's conv stack without the label branch, ending in k logits. It learns the
+attributes of real faces, and G's loss gains w * BCE(C(G(z, y)), y), so that G must draw faces a classifier of
+real faces reads as y. AC-GAN also trains C on the fakes; ours, like the classifier discriminator of Fader
+Networks (lesson 05), learns from real faces only, which we measured better (docs/cgan.md).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from faceedu import losses as L
@@ -74,6 +81,9 @@ class CGANConfig:
     channels_last: bool = False                # NHWC memory: faster convolutions on CPUs (oneDNN)
     g_ema: float = 0.0                         # > 0: also keep an exponential moving average of G's weights
                                                # with this decay and draw faces with it (not in the seed)
+    aux_classifier: float = 0.0                # > 0: an auxiliary attribute classifier on real faces, and G's
+                                               # loss gains this weight times its BCE on the fakes (AC-GAN;
+                                               # not in the seed)
     epochs: float = 25.0                       # passes over the training split
     epoch_images: int = 162_770                # CelebA's training split
 
@@ -85,6 +95,8 @@ class CGANConfig:
             raise ValueError(f"loss must be one of {', '.join(L.GAN_LOSSES)}, got {self.loss!r}")
         if not self.attrs:
             raise ValueError("a conditional GAN needs at least one attribute")
+        if self.aux_classifier < 0:
+            raise ValueError(f"aux_classifier is the weight of G's classification loss, >= 0; got {self.aux_classifier}")
         if not 0.0 <= self.mismatch < 1.0:
             raise ValueError(f"mismatch is the weight of the wrong-label negatives in [0, 1), got {self.mismatch}")
         if self.image_size != 4 * 2 ** (len(self.g_widths) + 1) or self.image_size != 4 * 2 ** (len(self.d_widths) + 1):
@@ -106,10 +118,12 @@ PRESETS: dict[str, CGANConfig] = {
     # CPU minutes on 64x64 SynthFaces: the same layers at an eighth of the width, one-sided smoothing,
     # real faces resampled to equal shares of the combinations (the rare blond man is 6% of the data), bf16
     # where native, and faces drawn by a moving average of G's weights (decay 0.999; not in the seed, see
-    # docs/cgan.md). 2,700 steps of 64 (7.2 epochs of the 24,000 training faces): about 3 minutes on 2 idle cores.
+    # docs/cgan.md), with an auxiliary attribute classifier on real faces (AC-GAN's, weight 1; not in the seed:
+    # it lifts the worst combination, docs/cgan.md). 2,700 steps of 64 (7.2 epochs of the 24,000 training faces):
+    # about 4 minutes on 2 idle cores.
     "quick": CGANConfig(g_project=64, g_widths=(64, 32, 16), d_first=16, d_widths=(32, 64, 128), real_label=0.9,
                         balance=True, batch_size=64, epochs=7.2, epoch_images=24_000, bf16=True, channels_last=True,
-                        g_ema=0.999),
+                        g_ema=0.999, aux_classifier=1.0),
 }
 
 
@@ -227,6 +241,22 @@ class ProjectionDiscriminator(nn.Module):
         return self.linear(phi).flatten() + (e * phi).sum(1)              # (B,)
 
 
+class AttributeClassifier(nn.Module):
+    """C(x): attribute logits (B, k) for faces (B, 3, S, S) in [-1, 1]; the seed's D without its label branch
+    (the image branch takes both halves of the first layer's width, as in the projection D), k logits out."""
+
+    def __init__(self, config: CGANConfig):
+        super().__init__()
+        widths = (2 * config.d_first, *config.d_widths)
+        self.image_in = down_block(3, widths[0], batchnorm=False)
+        self.body = nn.Sequential(*[down_block(a, b) for a, b in zip(widths[:-1], widths[1:])])
+        self.logit = nn.Conv2d(widths[-1], len(config.attrs), 4, 1, 0)   # 4x4 -> 1x1, one logit per attribute
+        self.apply(dcgan_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logit(self.body(self.image_in(x))).flatten(1)      # (B, k)
+
+
 def discriminator(config: CGANConfig) -> nn.Module:
     return ProjectionDiscriminator(config) if config.discriminator == "projection" else DCGANDiscriminator(config)
 
@@ -246,12 +276,16 @@ def parameter_count(module: nn.Module) -> int:
 
 
 def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
-             x: torch.Tensor, y: torch.Tensor, config: CGANConfig) -> dict[str, torch.Tensor]:
+             x: torch.Tensor, y: torch.Tensor, config: CGANConfig, C: nn.Module | None = None,
+             opt_c: torch.optim.Optimizer | None = None) -> dict[str, torch.Tensor]:
     """One alternating step on real faces x in [-1, 1] with attributes y: D on real and on detached fakes,
     then G through D (D's gradients from G's step are discarded: only opt_g steps). G is asked for the real
     batch's own attributes, so that D sees the same label mix on both sides: fake labels drawn from another
     distribution would let D tell real from fake by the label alone (we measured it: uniform fake labels
-    against 13% blond real faces left every blond row of the quick model garbage)."""
+    against 13% blond real faces left every blond row of the quick model garbage).
+
+    With an auxiliary classifier C (config.aux_classifier > 0), C learns y from the real faces beside D's update,
+    and G's loss gains aux_classifier * BCE(C(fake), y) (AC-GAN)."""
     y_fake = y
     z = torch.randn(len(x), config.z_dim, device=x.device)
     fake = G(z, y_fake)                                               # (B, 3, S, S)
@@ -270,18 +304,33 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
+    extra: dict[str, torch.Tensor] = {}
+    if C is not None:                      # C learns the attributes of the real faces only
+        class_logits = C(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            loss_c = F.binary_cross_entropy_with_logits(class_logits.float(), y.float())
+        opt_c.zero_grad(set_to_none=True)
+        loss_c.backward()
+        opt_c.step()
+        extra["loss_c"] = loss_c.detach()
 
     # G: the non-saturating loss through the updated D
     gen_logits = D(fake, y_fake)
     with torch.autocast(device_type=x.device.type, enabled=False):
         loss_g = L.generator_loss(gen_logits.float(), config.loss)
+    if C is not None:                      # ... and a classifier of real faces must read y on G's faces
+        fake_class_logits = C(fake)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            loss_g_c = F.binary_cross_entropy_with_logits(fake_class_logits.float(), y_fake.float())
+        extra["loss_g_c"] = loss_g_c.detach()
+        loss_g = loss_g + config.aux_classifier * loss_g_c
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()
-    return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
+    return extra | {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
             "D_x": torch.sigmoid(real_logits.detach().float()).mean(),
             "D_G_z": torch.sigmoid(fake_logits.detach().float()).mean()}
 
 
 __all__ = ["CGANConfig", "PRESETS", "preset", "Generator", "DCGANDiscriminator", "ProjectionDiscriminator",
-           "discriminator", "flip_one", "label_maps", "dcgan_init", "combinations", "gan_step", "parameter_count"]
+           "AttributeClassifier", "discriminator", "flip_one", "label_maps", "dcgan_init", "combinations", "gan_step", "parameter_count"]

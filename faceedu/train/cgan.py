@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from faceedu.models.cgan import (CGANConfig, Generator, combinations, discriminator, gan_step, parameter_count,
-                                 preset)
+from faceedu.models.cgan import (AttributeClassifier, CGANConfig, Generator, combinations, discriminator, gan_step,
+                                 parameter_count, preset)
 from faceedu.train.loop import LoopConfig, data_root, loop_from_args, read_run, train
 
 # --- data -----------------------------------------------------------------------------------------------
@@ -86,7 +86,8 @@ def load_data(root: Path | str, split: str, config: CGANConfig, limit: int | Non
 
 
 class CGANTask:
-    """G and D with their own Adam (DCGAN: 2e-4, beta1 0.5); one alternating step per batch."""
+    """G and D (and the auxiliary classifier C when the config has one) with their own Adam (DCGAN: 2e-4,
+    beta1 0.5; C at D's rate); one alternating step per batch."""
 
     def __init__(self, config: CGANConfig, seed: int = 0):
         torch.manual_seed(seed)
@@ -95,9 +96,14 @@ class CGANTask:
         if config.channels_last:
             self.G = self.G.to(memory_format=torch.channels_last)
             self.D = self.D.to(memory_format=torch.channels_last)
+        self.C = AttributeClassifier(config) if config.aux_classifier > 0 else None
+        if config.channels_last and self.C is not None:
+            self.C = self.C.to(memory_format=torch.channels_last)
         betas = (config.beta1, config.beta2)
         self.optimizers = {"G": torch.optim.Adam(self.G.parameters(), lr=config.lr_g, betas=betas),
                            "D": torch.optim.Adam(self.D.parameters(), lr=config.lr_d, betas=betas)}
+        if self.C is not None:
+            self.optimizers["C"] = torch.optim.Adam(self.C.parameters(), lr=config.lr_d, betas=betas)
         self.schedulers: dict[str, Any] = {}
         # G_ema: a moving average of G's weights (Karras et al. 2018; Yazici et al. 2019) that draws the faces;
         # it smooths the oscillation of the adversarial game. Not in the seed: off unless config.g_ema > 0.
@@ -108,13 +114,15 @@ class CGANTask:
 
     @property
     def modules(self) -> dict[str, torch.nn.Module]:
-        return {"G": self.G, "D": self.D} | ({"G_ema": self.G_ema} if self.G_ema is not None else {})
+        return ({"G": self.G, "D": self.D} | ({"G_ema": self.G_ema} if self.G_ema is not None else {})
+                | ({"C": self.C} if self.C is not None else {}))
 
     def step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         x = batch["image"] * 2 - 1                                    # [0, 1] -> [-1, 1], the range of tanh
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        losses = gan_step(_plain(self.G), self.D, self.optimizers["G"], self.optimizers["D"], x, batch["attr"], self.config)
+        losses = gan_step(_plain(self.G), self.D, self.optimizers["G"], self.optimizers["D"], x, batch["attr"], self.config,
+                          C=self.C, opt_c=self.optimizers.get("C"))
         if self.G_ema is not None:
             update_ema(self.G_ema, _plain(self.G), self.config.g_ema, step)
         return losses
@@ -307,7 +315,8 @@ def G_config(described: dict) -> CGANConfig:
     return CGANConfig.from_dict(described["cgan"])
 
 
-CURVE_LABELS = {"loss_d": "D loss", "loss_g": "G loss", "D_x": "D(x): mean sigmoid on real faces",
+CURVE_LABELS = {"loss_d": "D loss", "loss_g": "G loss (with the classifier's term when there is one)",
+                "loss_c": "C loss on real faces", "loss_g_c": "C's loss on G's faces", "D_x": "D(x): mean sigmoid on real faces",
                 "D_G_z": "D(G(z)): mean sigmoid on fakes (D's step)"}
 
 
@@ -326,6 +335,8 @@ def command_train(args) -> int:
         overrides["loss"] = args.loss
     if getattr(args, "mismatch", None) is not None:
         overrides["mismatch"] = args.mismatch
+    if getattr(args, "aux_classifier", None) is not None:
+        overrides["aux_classifier"] = args.aux_classifier
     config = preset(args.preset, **overrides)
     root = data_root(args)
     run = args.run or Path("runs") / f"cgan-{args.preset}{'-projection' if config.discriminator == 'projection' else ''}"
