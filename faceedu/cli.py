@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="weight of a matching-aware D's wrong-label negatives (Reed et al. 2016; 0.5 there, 0 = the seed)")
     cgan.add_argument("--aux-classifier", type=float, default=None,
                       help="weight of G's loss from an auxiliary attribute classifier of real faces (AC-GAN; "
-                           "quick: 1, full and the seed: 0 = none)")
+                           "quick: 1; full, the seed's step: 0, none)")
     cgan.add_argument("--steps", type=int, default=None, help="default: the preset's epochs")
     cgan.add_argument("--batch-size", type=int, default=None)
     cgan.add_argument("--lr", type=float, default=None, help="Adam learning rate of G and D (default 2e-4)")

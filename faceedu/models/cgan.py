@@ -96,7 +96,8 @@ class CGANConfig:
         if not self.attrs:
             raise ValueError("a conditional GAN needs at least one attribute")
         if self.aux_classifier < 0:
-            raise ValueError(f"aux_classifier is the weight of G's classification loss, >= 0; got {self.aux_classifier}")
+            raise ValueError(f"aux_classifier is the weight of G's classification loss, >= 0; "
+                             f"got {self.aux_classifier}")
         if not 0.0 <= self.mismatch < 1.0:
             raise ValueError(f"mismatch is the weight of the wrong-label negatives in [0, 1), got {self.mismatch}")
         if self.image_size != 4 * 2 ** (len(self.g_widths) + 1) or self.image_size != 4 * 2 ** (len(self.d_widths) + 1):
@@ -120,7 +121,7 @@ PRESETS: dict[str, CGANConfig] = {
     # where native, and faces drawn by a moving average of G's weights (decay 0.999; not in the seed, see
     # docs/cgan.md), with an auxiliary attribute classifier on real faces (AC-GAN's, weight 1; not in the seed:
     # it lifts the worst combination, docs/cgan.md). 2,700 steps of 64 (7.2 epochs of the 24,000 training faces):
-    # about 4 minutes on 2 idle cores.
+    # about 3.5 minutes on 2 idle cores.
     "quick": CGANConfig(g_project=64, g_widths=(64, 32, 16), d_first=16, d_widths=(32, 64, 128), real_label=0.9,
                         balance=True, batch_size=64, epochs=7.2, epoch_images=24_000, bf16=True, channels_last=True,
                         g_ema=0.999, aux_classifier=1.0),
@@ -333,4 +334,5 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
 
 
 __all__ = ["CGANConfig", "PRESETS", "preset", "Generator", "DCGANDiscriminator", "ProjectionDiscriminator",
-           "AttributeClassifier", "discriminator", "flip_one", "label_maps", "dcgan_init", "combinations", "gan_step", "parameter_count"]
+           "AttributeClassifier", "discriminator", "flip_one", "label_maps", "dcgan_init", "combinations", "gan_step",
+           "parameter_count"]
