@@ -154,6 +154,11 @@ def down_block(c_in: int, c_out: int, batchnorm: bool = True) -> nn.Sequential:
     return nn.Sequential(*layers, nn.LeakyReLU(0.2, True))
 
 
+def down_stack(widths: tuple[int, ...]) -> nn.Sequential:
+    """One `down_block` (with BatchNorm) per consecutive pair of widths: D's body, and the classifier's."""
+    return nn.Sequential(*[down_block(a, b) for a, b in zip(widths[:-1], widths[1:])])
+
+
 def label_maps(y: torch.Tensor, size: int) -> torch.Tensor:
     """(B, k) attributes -> (B, k, size, size): attribute i as a constant map of value y_i."""
     return y[:, :, None, None].expand(-1, -1, size, size)
@@ -211,7 +216,7 @@ class DCGANDiscriminator(nn.Module):
         self.image_in = down_block(3, f, batchnorm=False)             # no BatchNorm on the first layer (DCGAN)
         self.label_in = down_block(k, f, batchnorm=False)
         widths = (2 * f, *config.d_widths)
-        self.body = nn.Sequential(*[down_block(a, b) for a, b in zip(widths[:-1], widths[1:])])
+        self.body = down_stack(widths)
         self.logit = nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False)    # 4x4 -> 1x1
         self.apply(dcgan_init)
 
@@ -250,7 +255,7 @@ class AttributeClassifier(nn.Module):
         super().__init__()
         widths = (2 * config.d_first, *config.d_widths)
         self.image_in = down_block(3, widths[0], batchnorm=False)
-        self.body = nn.Sequential(*[down_block(a, b) for a, b in zip(widths[:-1], widths[1:])])
+        self.body = down_stack(widths)
         self.logit = nn.Conv2d(widths[-1], len(config.attrs), 4, 1, 0)   # 4x4 -> 1x1, one logit per attribute
         self.apply(dcgan_init)
 
@@ -274,6 +279,12 @@ def parameter_count(module: nn.Module) -> int:
 
 
 # --- one training step -----------------------------------------------------------------------------------
+
+
+def _attribute_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """BCE of attribute logits (B, k) against 0/1 attributes, in float32 outside any autocast."""
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        return F.binary_cross_entropy_with_logits(logits.float(), y.float())
 
 
 def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
@@ -307,9 +318,7 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
     opt_d.step()
     extra: dict[str, torch.Tensor] = {}
     if C is not None:                      # C learns the attributes of the real faces only
-        class_logits = C(x)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            loss_c = F.binary_cross_entropy_with_logits(class_logits.float(), y.float())
+        loss_c = _attribute_bce(C(x), y)
         opt_c.zero_grad(set_to_none=True)
         loss_c.backward()
         opt_c.step()
@@ -320,9 +329,7 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
     with torch.autocast(device_type=x.device.type, enabled=False):
         loss_g = L.generator_loss(gen_logits.float(), config.loss)
     if C is not None:                      # ... and a classifier of real faces must read y on G's faces
-        fake_class_logits = C(fake)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            loss_g_c = F.binary_cross_entropy_with_logits(fake_class_logits.float(), y_fake.float())
+        loss_g_c = _attribute_bce(C(fake), y_fake)
         extra["loss_g_c"] = loss_g_c.detach()
         loss_g = loss_g + config.aux_classifier * loss_g_c
     opt_g.zero_grad(set_to_none=True)

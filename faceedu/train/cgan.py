@@ -93,12 +93,11 @@ class CGANTask:
         torch.manual_seed(seed)
         self.config = config
         self.G, self.D = Generator(config), discriminator(config)
-        if config.channels_last:
-            self.G = self.G.to(memory_format=torch.channels_last)
-            self.D = self.D.to(memory_format=torch.channels_last)
         self.C = AttributeClassifier(config) if config.aux_classifier > 0 else None
-        if config.channels_last and self.C is not None:
-            self.C = self.C.to(memory_format=torch.channels_last)
+        if config.channels_last:
+            for module in (self.G, self.D, self.C):
+                if module is not None:
+                    module.to(memory_format=torch.channels_last)     # in place
         betas = (config.beta1, config.beta2)
         self.optimizers = {"G": torch.optim.Adam(self.G.parameters(), lr=config.lr_g, betas=betas),
                            "D": torch.optim.Adam(self.D.parameters(), lr=config.lr_d, betas=betas)}
