@@ -113,6 +113,8 @@ class DIATConfig:
     pretrain_d_steps: int = 5_000
     pretrain_f_steps: int = 2_000
     steps: int = 100_000
+    lr_decay_steps: int = 0               # > 0: the last this many steps take both learning rates linearly to 0
+                                          # (CycleGAN's 'linear' policy; quick only: the paper gives no schedule)
     # enhancement
     blur_sigma: float = 3.0               # global: Gaussian sigma in pixels at 128x128 (scaled with the size)
     hull_grow: float = -1.0               # local: grow the hull by this share of the side (-1: HULL_GROW's)
@@ -132,6 +134,7 @@ class DIATConfig:
         assert self.image_size % 4 == 0, "T halves the side twice"
         assert len(self.id_weights) in (0, len(self.id_layers)), "give one weight per identity layer"
         assert self.id_network in ("auto", "identity_judge", "vgg16", "discriminator")
+        assert 0 <= self.lr_decay_steps <= self.steps, "lr_decay_steps is a share of the DIAT steps: 0 <= it <= steps"
 
     @property
     def diat_a(self) -> bool:
@@ -164,12 +167,14 @@ PRESETS: dict[str, DIATConfig] = {
     # train_enhanced: D and T's losses see the enhanced output (the hull composition for mouth and glasses).
     # Trained on T's raw output, D judged hair and background that the composition then throws away:
     # glasses removal 29 % by the judge, 60 % trained through the composition (docs/diat.md lists every
-    # configuration measured: lambda_id 0.1/0.2, D's lr 2e-4, D pre-trained 1,000 steps, LSGAN). One CPU
-    # thread on every machine: the figures the docs and tests quote are the 1-thread trajectory.
+    # configuration measured: lambda_id 0.1/0.2, D's lr 2e-4, D pre-trained 1,000 steps, LSGAN, R1, an average
+    # of T). 1,200 steps, the last 600 with both learning rates falling linearly to 0: at a constant rate the
+    # transfer rate swings by 30-60 points every few hundred steps (docs/diat.md). One CPU thread on every
+    # machine: the figures the docs and tests quote are the 1-thread trajectory.
     "quick": DIATConfig(image_size=64, ngf=8, ndf=16, d_layers=4, f_width=32, batch_size=16, skip=True,
                         lr_t=1e-3, lr_d=1e-3, lr_d_diat_a=2e-4, lambda_id=0.5, pretrain_g_steps=100,
-                        pretrain_t_steps=20, pretrain_d_steps=100, pretrain_f_steps=100, steps=400, blur_sigma=3.0,
-                        train_enhanced=True, threads=1),
+                        pretrain_t_steps=20, pretrain_d_steps=100, pretrain_f_steps=100, steps=1200,
+                        lr_decay_steps=600, blur_sigma=3.0, train_enhanced=True, threads=1),
 }
 
 

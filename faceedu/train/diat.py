@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from faceedu.models import diat as M
+from faceedu.models.cyclegan import linear_decay
 from faceedu.models.diat import (AttributeDiscriminator, DenoisingNetwork, DIATConfig, ReconstructionNetwork,
                                  TransformNetwork, preset)
 from faceedu.train.loop import CHECKPOINT, LoopConfig, cpu_threads, data_root, loop_from_args, read_run, train
@@ -343,7 +344,10 @@ class DIATTask:
                 p.requires_grad_(False)
         lr_d = config.lr_d_diat_a if config.diat_a else config.lr_d
         self.optimizers = {"T": _adam(T.parameters(), config.lr_t, config), "D": _adam(D.parameters(), lr_d, config)}
-        self.schedulers: dict[str, Any] = {}
+        constant, decay = config.steps - config.lr_decay_steps, config.lr_decay_steps
+        self.schedulers: dict[str, Any] = {
+            k: torch.optim.lr_scheduler.LambdaLR(o, lambda step: linear_decay(step, constant, decay))
+            for k, o in self.optimizers.items()} if decay else {}
 
     @property
     def modules(self) -> dict[str, nn.Module]:
@@ -613,6 +617,9 @@ def command_train(args) -> int:
         if value is not None:
             overrides[name] = value
     try:
+        if args.steps is not None:       # the preset's learning-rate schedule, stretched to the steps asked for
+            base = preset(args.preset)
+            overrides["lr_decay_steps"] = base.lr_decay_steps * args.steps // base.steps
         config = preset(args.preset, **overrides)
     except (KeyError, AssertionError) as error:
         raise SystemExit(f"faceedu train diat: {error}") from None
@@ -665,35 +672,55 @@ def _finished_model(run: Path, config: DIATConfig) -> bool:
 
 
 def train_suite(root: Path | str, out: Path | str, suite=QUICK_SUITE, loop: LoopConfig | None = None,
-                faces: int = 300, verbose: bool = True, **overrides) -> dict:
+                faces: int = 300, verbose: bool = True, workers: int = 2, **overrides) -> dict:
     """Train every (name, overrides) of `suite` with the quick preset into out/NAME, sharing out/pretrain,
     and evaluate each on `faces` test faces; writes out/results.json. Returns {"results", "seconds"}. A model
     already finished in out/NAME with the same configuration is evaluated, not trained again (its summary,
-    with "reused", and its training seconds are reported)."""
-    from faceedu.models.judges import judges_for
+    with "reused", and its training seconds are reported).
 
+    The shared pre-training runs first; then the models train `workers` at a time, each in its own process
+    on its preset's threads (one for `quick`: two such processes use two cores, and every model's trajectory
+    is the one a lone run draws, seeded afresh; workers=1 trains them here, one after another)."""
     out = Path(out)
     loop = loop or LoopConfig(progress=False, sample_every=0, log_every=25, checkpoint_every=100)
-    judges = judges_for(root, kinds=("attributes", "identity"), verbose=verbose)
-    results, seconds = {}, {}
-    for name, change in suite:
-        config = preset("quick", **(change | overrides))
-        start = time.perf_counter()
-        if _finished_model(out / name, config):          # trained before, with this configuration: kept
-            summary = json.loads((out / name / "summary.json").read_text()) | {"reused": str(out / name)}
-        else:
-            data = load_data(root, "train", config, verbose=False)
-            summary = train_diat(config, out / name, root, loop, pretrained_dir=out / "pretrain", preset_name="quick",
-                                 data=data, verbose=verbose)
-        seconds[name] = summary["seconds"] if "reused" in summary else round(time.perf_counter() - start, 1)
-        T, _, _ = load_run(out / name)
-        test = load_data(root, "test", config, verbose=False)
-        results[name] = evaluate(T, config, test, judges, faces) | {"train": summary}
-        if verbose:
-            print(format_report(results[name]))
-    payload = {"results": results, "seconds": seconds}
+    jobs = [(root, out, name, preset("quick", **(change | overrides)), loop, faces, verbose) for name, change in suite]
+    first = jobs[0][3]
+    if not _pretrained_done(first, out / "pretrain"):
+        with cpu_threads(first.threads):
+            pretrain(first, out / "pretrain", root, load_data(root, "train", first, verbose=False).faces, loop, 0, verbose)
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = list(pool.map(_suite_model, jobs))
+    else:
+        done = [_suite_model(job) for job in jobs]
+    payload = {"results": {name: result for name, result, _ in done}, "seconds": {name: s for name, _, s in done}}
     (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
     return payload
+
+
+def _suite_model(job: tuple) -> tuple[str, dict, float]:
+    """One model of `train_suite` (trained unless finished with the same configuration, then evaluated on the
+    model's threads): (name, evaluate(...) with its training summary, training seconds)."""
+    from faceedu.models.judges import judges_for
+
+    root, out, name, config, loop, faces, verbose = job
+    start = time.perf_counter()
+    if _finished_model(out / name, config):          # trained before, with this configuration: kept
+        summary = json.loads((out / name / "summary.json").read_text()) | {"reused": str(out / name)}
+    else:
+        summary = train_diat(config, out / name, root, loop, pretrained_dir=out / "pretrain", preset_name="quick",
+                             data=load_data(root, "train", config, verbose=False), verbose=verbose)
+    seconds = summary["seconds"] if "reused" in summary else round(time.perf_counter() - start, 1)
+    with cpu_threads(config.threads):
+        T, _, _ = load_run(out / name)
+        judges = judges_for(root, kinds=("attributes", "identity"), verbose=False)
+        result = evaluate(T, config, load_data(root, "test", config, verbose=False), judges, faces) | {"train": summary}
+    if verbose:
+        print(format_report(result), flush=True)
+    return name, result, seconds
 
 
 # --- identity against lessons 03 and 05 on the same faces -----------------------------------------------------------------
