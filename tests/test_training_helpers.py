@@ -112,5 +112,21 @@ def test_progress_follows_a_suite_of_runs_trained_one_after_another(tmp_path, ca
         for run in runs:
             _fake_training(run, 50, 0.6)
     err = capfd.readouterr().err
-    assert "model 1/2 a · step" in err and "model 2/2 b · step" in err, err
-    assert err.rstrip().splitlines()[-1].startswith("[suite] model 2/2 b step 50/50 after"), err
+    assert "0/2 models done · a step" in err and "1/2 models done · b step" in err, err
+    assert err.rstrip().splitlines()[-1].startswith("[suite] 2/2 models done after"), err
+
+
+def test_progress_follows_runs_trained_side_by_side(tmp_path, capfd):
+    runs = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
+    with training_progress(None, "suite", runs, steps=50, every=0.1):
+        pair = [threading.Thread(target=_fake_training, args=(run, 50, 0.6)) for run in runs[:2]]
+        for thread in pair:
+            thread.start()
+        for thread in pair:
+            thread.join()
+        _fake_training(runs[2], 50, 0.6)
+    err = capfd.readouterr().err
+    both = [line for line in err.splitlines() if " a step " in line and " b step " in line]
+    assert both and both[0].startswith("[suite] 0/3 models done · a step"), err
+    assert "2/3 models done · c step" in err and "left" in err, err
+    assert err.rstrip().splitlines()[-1].startswith("[suite] 3/3 models done after"), err

@@ -66,35 +66,36 @@ def training_progress(config: Any, name: str, run: Path | Sequence[Path], steps:
                       every: float | None = None) -> Iterator[None]:
     """While the body trains into `run` (for `steps` steps in all), print `[name] step S/N · images/s ·
     time so far · time left` every `every` seconds past pytest's capture, and the total at the end.
-    `run` may list several run folders trained one after another, `steps` steps each (a suite of models):
-    the line then names the model being trained, `[name] model 2/5 RUN · step S/N ...`, and the time left
-    counts the models still to come."""
+    `run` may list several run folders of `steps` steps each (a suite of models, trained one after another
+    or side by side): the line then counts the finished models and names each model in training,
+    `[name] 2/5 models done · RUN step S/N, images/s · ...`, and the time left counts every step to come."""
     every = every if every is not None else float(os.environ.get("FACEEDU_TEST_PROGRESS_S", 30))
     runs = [Path(run)] if isinstance(run, (str, os.PathLike)) else [Path(r) for r in run]
     start, done = time.monotonic(), threading.Event()
     first: list[tuple[float, int]] = []          # (time, steps done in all) of the first record this session saw
     lock = threading.Lock()
 
-    def latest() -> tuple[int, dict | None]:     # the last run (index) that has logged a step, and its record
-        for i in reversed(range(len(runs))):
-            record = _last_record(runs[i] / "metrics.jsonl")
-            if record is not None:
-                return i, record
-        return 0, None
+    def logged() -> list[tuple[Path, dict]]:     # each run that has logged a step, with its last record
+        return [(r, record) for r in runs if (record := _last_record(r / "metrics.jsonl")) is not None]
+
+    def where(records: list[tuple[Path, dict]]) -> str:
+        if len(runs) == 1:
+            record = records[0][1]
+            return f"step {record['step']}/{steps} · {record.get('images_per_s', float('nan')):,.0f} images/s"
+        finished = sum(record["step"] >= steps for _, record in records)
+        training = [f"{r.name} step {record['step']}/{steps}, {record.get('images_per_s', float('nan')):,.0f} images/s"
+                    for r, record in records if record["step"] < steps]
+        return " · ".join([f"{finished}/{len(runs)} models done"] + training)
 
     def report() -> None:
-        i, record = latest()
-        now = time.monotonic()
-        if record is None:
+        records, now = logged(), time.monotonic()
+        if not records:
             terminal_print(config, f"[{name}] preparing data and model · {_duration(now - start)} so far")
             return
-        step = record["step"]
-        done_all, total = i * steps + step, len(runs) * steps
+        done_all, total = sum(record["step"] for _, record in records), len(runs) * steps
         if not first:
             first.append((now, done_all))
-        where = f"model {i + 1}/{len(runs)} {runs[i].name} · " if len(runs) > 1 else ""
-        line = f"[{name}] {where}step {step}/{steps} · {record.get('images_per_s', float('nan')):,.0f} images/s · " \
-               f"{_duration(now - start)} so far"
+        line = f"[{name}] {where(records)} · {_duration(now - start)} so far"
         (t0, s0) = first[0]
         if done_all > s0:
             line += f" · about {_duration((total - done_all) * (now - t0) / (done_all - s0))} left"
@@ -115,10 +116,8 @@ def training_progress(config: Any, name: str, run: Path | Sequence[Path], steps:
         done.set()
         thread.join()
         with lock:
-            i, record = latest()
-            reached = f"step {record['step']}/{steps}" if record else "no step logged"
-            if record and len(runs) > 1:
-                reached = f"model {i + 1}/{len(runs)} {runs[i].name} {reached}"
+            records = logged()
+            reached = where(records).split(" · ")[0] if records else "no step logged"
             terminal_print(config, f"[{name}] {reached} after {_duration(time.monotonic() - start)}")
 
 
