@@ -269,8 +269,8 @@ def test_real_layout_folder_runs_unchanged(tmp_path):
 # --- the quick preset's bars (issue 16) ------------------------------------------------------------------------------
 # The quick preset trains on one CPU thread on every machine, so CI reproduces the reference run of docs/diat.md
 # (a GAN's trajectory follows the thread count). That run meets the local bars: 94.3 / 89.7 / 91.0 %. Other
-# initialisations of the same preset ended at 71-75 % on mouth closing and glasses removal (docs/diat.md): the
-# bar holds for this run, not for every seed.
+# initialisations of the same preset opened 95 % of the mouths but ended at 60-75 % on mouth closing and glasses
+# removal (docs/diat.md): those two bars hold for this run, not for every seed.
 
 
 def _result(trained_diat, key):
