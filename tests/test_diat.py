@@ -180,9 +180,9 @@ def test_preset_defaults_and_bad_attribute():
     assert preset("quick", attr="Eyeglasses").target == 0
     assert preset("quick", attr="Young").enhancement == "global"
     assert preset("full").image_size == 128 and preset("full").n_res == 5
-    assert preset("full").lr_decay_steps == 0            # the paper's constant rates
-    with pytest.raises(AssertionError, match="lr_decay_steps"):
-        preset("quick", steps=10, lr_decay_steps=11)
+    assert preset("full").lr_decay_share == 0            # the paper's constant rates
+    with pytest.raises(AssertionError, match="lr_decay_share"):
+        preset("quick", lr_decay_share=1.5)
     with pytest.raises(KeyError, match="Mouth_Slightly_Open"):
         preset("quick", attr="Smiling")
 
@@ -204,7 +204,7 @@ def test_tiny_training_resumes_exactly(synth_root, tmp_path):
     from faceedu.train.loop import LoopConfig
 
     config = preset("quick", attr="Mouth_Slightly_Open", pretrain_g_steps=3, pretrain_f_steps=3, pretrain_t_steps=2,
-                    pretrain_d_steps=3, steps=6, lr_decay_steps=3, batch_size=8)
+                    pretrain_d_steps=3, steps=6, lr_decay_share=0.5, batch_size=8)
     data = load_data(synth_root, "train", config, limit=200, verbose=False)
     loop = LoopConfig(progress=False, sample_every=0, checkpoint_every=3, log_every=3)
     train_diat(config, tmp_path / "once", synth_root, loop, data=data, verbose=False)

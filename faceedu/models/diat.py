@@ -113,8 +113,8 @@ class DIATConfig:
     pretrain_d_steps: int = 5_000
     pretrain_f_steps: int = 2_000
     steps: int = 100_000
-    lr_decay_steps: int = 0               # > 0: the last this many steps take both learning rates linearly to 0
-                                          # (CycleGAN's 'linear' policy; quick only: the paper gives no schedule)
+    lr_decay_share: float = 0.0           # > 0: over this last share of `steps` both learning rates fall linearly
+                                          # to 0 (CycleGAN's 'linear' policy; quick only: the paper gives none)
     # enhancement
     blur_sigma: float = 3.0               # global: Gaussian sigma in pixels at 128x128 (scaled with the size)
     hull_grow: float = -1.0               # local: grow the hull by this share of the side (-1: HULL_GROW's)
@@ -134,7 +134,7 @@ class DIATConfig:
         assert self.image_size % 4 == 0, "T halves the side twice"
         assert len(self.id_weights) in (0, len(self.id_layers)), "give one weight per identity layer"
         assert self.id_network in ("auto", "identity_judge", "vgg16", "discriminator")
-        assert 0 <= self.lr_decay_steps <= self.steps, "lr_decay_steps is a share of the DIAT steps: 0 <= it <= steps"
+        assert 0 <= self.lr_decay_share <= 1, "lr_decay_share is a share of the DIAT steps, in [0, 1]"
 
     @property
     def diat_a(self) -> bool:
@@ -174,7 +174,7 @@ PRESETS: dict[str, DIATConfig] = {
     "quick": DIATConfig(image_size=64, ngf=8, ndf=16, d_layers=4, f_width=32, batch_size=16, skip=True,
                         lr_t=1e-3, lr_d=1e-3, lr_d_diat_a=2e-4, lambda_id=0.5, pretrain_g_steps=100,
                         pretrain_t_steps=20, pretrain_d_steps=100, pretrain_f_steps=100, steps=1200,
-                        lr_decay_steps=600, blur_sigma=3.0, train_enhanced=True, threads=1),
+                        lr_decay_share=0.5, blur_sigma=3.0, train_enhanced=True, threads=1),
 }
 
 

@@ -344,7 +344,8 @@ class DIATTask:
                 p.requires_grad_(False)
         lr_d = config.lr_d_diat_a if config.diat_a else config.lr_d
         self.optimizers = {"T": _adam(T.parameters(), config.lr_t, config), "D": _adam(D.parameters(), lr_d, config)}
-        constant, decay = config.steps - config.lr_decay_steps, config.lr_decay_steps
+        decay = round(config.lr_decay_share * config.steps)
+        constant = config.steps - decay
         self.schedulers: dict[str, Any] = {
             k: torch.optim.lr_scheduler.LambdaLR(o, lambda step: linear_decay(step, constant, decay))
             for k, o in self.optimizers.items()} if decay else {}
@@ -617,9 +618,6 @@ def command_train(args) -> int:
         if value is not None:
             overrides[name] = value
     try:
-        if args.steps is not None:       # the preset's learning-rate schedule, stretched to the steps asked for
-            base = preset(args.preset)
-            overrides["lr_decay_steps"] = base.lr_decay_steps * args.steps // base.steps
         config = preset(args.preset, **overrides)
     except (KeyError, AssertionError) as error:
         raise SystemExit(f"faceedu train diat: {error}") from None
