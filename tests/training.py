@@ -78,14 +78,17 @@ def training_progress(config: Any, name: str, run: Path | Sequence[Path], steps:
     def logged() -> list[tuple[Path, dict]]:     # each run that has logged a step, with its last record
         return [(r, record) for r in runs if (record := _last_record(r / "metrics.jsonl")) is not None]
 
+    def reached(records: list[tuple[Path, dict]]) -> str:    # "step S/N", or "K/M models done" for a suite
+        if len(runs) == 1:
+            return f"step {records[0][1]['step']}/{steps}"
+        return f"{sum(record['step'] >= steps for _, record in records)}/{len(runs)} models done"
+
     def where(records: list[tuple[Path, dict]]) -> str:
         if len(runs) == 1:
-            record = records[0][1]
-            return f"step {record['step']}/{steps} · {record.get('images_per_s', float('nan')):,.0f} images/s"
-        finished = sum(record["step"] >= steps for _, record in records)
+            return f"{reached(records)} · {records[0][1].get('images_per_s', float('nan')):,.0f} images/s"
         training = [f"{r.name} step {record['step']}/{steps}, {record.get('images_per_s', float('nan')):,.0f} images/s"
                     for r, record in records if record["step"] < steps]
-        return " · ".join([f"{finished}/{len(runs)} models done"] + training)
+        return " · ".join([reached(records)] + training)
 
     def report() -> None:
         records, now = logged(), time.monotonic()
@@ -117,8 +120,8 @@ def training_progress(config: Any, name: str, run: Path | Sequence[Path], steps:
         thread.join()
         with lock:
             records = logged()
-            reached = where(records).split(" · ")[0] if records else "no step logged"
-            terminal_print(config, f"[{name}] {reached} after {_duration(time.monotonic() - start)}")
+            end = reached(records) if records else "no step logged"
+            terminal_print(config, f"[{name}] {end} after {_duration(time.monotonic() - start)}")
 
 
 def reusable_run(candidate: Path, matches: Callable[[dict], bool], steps: int) -> Path | None:
