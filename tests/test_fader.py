@@ -169,8 +169,9 @@ def fader_report(trained_fader, synth_root):
 # 3,000 steps, MSE + (1 - SSIM), trained on 2 CPU threads on every machine: the trajectory follows the thread
 # count) measured flips of 83.0 / 96.2 / 90.4 % (Male, Eyeglasses, Smiling) on 500 test faces, SSIM 0.600 inside
 # the face mask and slider Spearman 0.95 / 0.88 / 0.98 (without the classifier discriminator, 4x4 latent:
-# 29 / 57 / 26 %, 0.673 and 1.00 each; every configuration tried is in docs/fader.md). strict: the day a preset
-# meets them, these xfails fail.
+# 29 / 57 / 26 %, 0.673 and 1.00 each; every configuration tried is in docs/fader.md). The Male flip misses on
+# the removals: 62.4 % by the judge, 98.6 % by the run's own classifier discriminator (docs/fader.md). strict: the
+# day a preset meets them, these xfails fail.
 QUICK_FADER_MISSES = pytest.mark.xfail(strict=True, raises=AssertionError,
                                        reason="issue 13: the quick Fader Network does not reach this bar yet (docs/fader.md)")
 
