@@ -184,6 +184,34 @@ def test_quick_cgan_evaluation_writes_its_figures_and_the_frechet_distance_with_
     assert saved["frechet"] > saved["frechet_floor"] > 0
 
 
+def test_the_runs_classifier_is_read_beside_the_judge_on_the_same_faces(synth_root):
+    """`classifier_agreement`: the share of each row's faces on which C reads exactly the asked attributes (and
+    `classifier_real_agreement` on the row's real faces). A C that always reads Blond_Hair=1, Male=0 agrees on that
+    row only; a comparison against the wrong labels or on other faces fails here."""
+    from faceedu.models.cgan import AttributeClassifier, Generator
+    from faceedu.train.cgan import evaluate_cgan, format_report
+
+    config = preset("quick")
+    torch.manual_seed(0)
+    G, C = Generator(config).eval(), AttributeClassifier(config).eval()
+    torch.nn.init.zeros_(C.logit.weight)
+    with torch.no_grad():
+        C.logit.bias.copy_(torch.tensor([4.0, -4.0]))               # Blond_Hair read, Male not, on every face
+    real = torch.rand(8, 3, 64, 64)
+    real_attr = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]] * 2).float()
+    result = evaluate_cgan(G, config.attrs, real, per_combination=8, real_attr=real_attr, classifier=C)
+    rows = {tuple(r["attributes"].values()): r for r in result["combinations"]}
+    assert {k: r["classifier_agreement"] for k, r in rows.items()} == {(0, 0): 0.0, (0, 1): 0.0, (1, 0): 1.0, (1, 1): 0.0}
+    assert {k: r["classifier_real_agreement"] for k, r in rows.items()} == {(0, 0): 0.0, (0, 1): 0.0, (1, 0): 1.0, (1, 1): 0.0}
+    assert "C agrees" in format_report(result)
+    assert "C agrees" not in format_report(evaluate_cgan(G, config.attrs, real, per_combination=8))
+
+
+def test_quick_cgan_report_puts_its_classifier_beside_the_judge(cgan_report):
+    for row in cgan_report["combinations"]:
+        assert 0.0 <= row["classifier_agreement"] <= 1.0 and 0.0 <= row["classifier_real_agreement"] <= 1.0, row
+
+
 def test_quick_cgan_report_names_its_judges(cgan_report):
     """Every report says what its referee was trained on; SynthFaces judges on SynthFaces faces need no warning."""
     assert cgan_report["judges"] and all("SynthFaces" in line for line in cgan_report["judges"]), cgan_report["judges"]

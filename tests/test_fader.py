@@ -155,11 +155,12 @@ def test_cli_refuses_an_unknown_attribute_by_name(synth_root, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def fader_report(trained_fader, synth_root):
     from faceedu.models.judges import load_judges
-    from faceedu.train.fader import evaluate_fader, load_data, load_run
+    from faceedu.train.fader import evaluate_fader, load_classifier, load_data, load_run
 
     ae, dis, _ = load_run(trained_fader["run"])
     data = load_data(synth_root, "test", ae.config, limit=500)
-    result = evaluate_fader(ae, dis, data, load_judges(kinds=["attributes", "identity"]), faces=500)
+    result = evaluate_fader(ae, dis, data, load_judges(kinds=["attributes", "identity"]), faces=500,
+                            classifier=load_classifier(trained_fader["run"]))
     print(f"\n[fader] bars: " + json.dumps({k: v for k, v in result.items() if k not in ("originals", "reconstructions")},
                                           default=float)[:2000])
     return result
@@ -190,6 +191,37 @@ def test_flip_ceiling_weights_the_judges_accuracy_per_value_by_the_flips_targets
     assert flip_ceiling(read, truth) == pytest.approx(2 / 3 * 0.25 + 0.0 * 0.75)
     assert flip_ceiling(truth, truth) == 1.0
     assert math.isnan(flip_ceiling(torch.ones(3), torch.ones(3)))   # no real face with the value asked for
+
+
+def test_the_runs_classifier_discriminator_reads_each_flip_beside_the_judge(synth_root):
+    """`classifier_success_add` / `_remove`: the share of added / removed flips that the classifier discriminator
+    reads with the new value. A classifier that reads every attribute as absent scores 0 on every addition and
+    1 on every removal; a swapped direction or a wrong one-hot channel fails here."""
+    from faceedu.models.judges import load_judges
+    from faceedu.train.fader import evaluate_fader, format_report, load_data
+
+    config = preset("quick")
+    torch.manual_seed(0)
+    ae, dis, clf = AutoEncoder(config).eval(), LatentDiscriminator(config).eval(), FN.Classifier(config).eval()
+    head = clf.proj_layers[-1]
+    torch.nn.init.zeros_(head.weight)
+    with torch.no_grad():
+        head.bias.copy_(torch.tensor([4.0, -4.0] * len(config.attrs)))   # channel 2a (absent) wins for every a
+    data = load_data(synth_root, "test", config, limit=40)
+    result = evaluate_fader(ae, dis, data, load_judges(kinds=["attributes", "identity"]), faces=40,
+                            alphas=(-1, 1), classifier=clf)
+    for row in result["flips"]:
+        assert row["classifier_success_add"] == 0.0 and row["classifier_success_remove"] == 1.0, row
+    columns = [data.attr_names.index(a) for a in config.attrs]
+    absent = 1 - data.attr[:40][:, columns].float().mean(0)
+    assert [result["classifier_on_real"][a] for a in config.attrs] == pytest.approx(absent.tolist())
+    assert "by the run's classifier discriminator" in format_report(result)
+
+
+def test_quick_fader_report_puts_its_classifier_discriminator_beside_the_judge(fader_report):
+    assert set(fader_report["classifier_on_real"]) == {"Male", "Eyeglasses", "Smiling"}
+    for row in fader_report["flips"]:
+        assert 0.0 <= row["classifier_success_remove"] <= 1.0 and 0.0 <= row["classifier_success_add"] <= 1.0, row
 
 
 def test_each_flip_reports_its_ceiling_the_judge_on_real_faces(fader_report):

@@ -200,6 +200,24 @@ def load_run(run_dir: Path | str, map_location: str | torch.device = "cpu") -> t
     return G.eval(), described
 
 
+def load_classifier(run_dir: Path | str, map_location: str | torch.device = "cpu") -> AttributeClassifier | None:
+    """The run's auxiliary classifier C (eval mode, its statistics as training left them), or None when the
+    run trained none."""
+    described, modules = read_run(run_dir, "cgan", "a cGAN", map_location)
+    if "C" not in modules:
+        return None
+    C = AttributeClassifier(CGANConfig.from_dict(described["cgan"]))
+    C.load_state_dict(modules["C"])
+    return C.eval()
+
+
+@torch.no_grad()
+def classifier_reads(C: AttributeClassifier, faces: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """(N, k) 0/1: the attributes C reads on faces (N, 3, S, S) in [0, 1]."""
+    device = next(C.parameters()).device
+    return torch.cat([(C(f.to(device) * 2 - 1) > 0).float().cpu() for f in faces.split(batch)])
+
+
 @torch.no_grad()
 def standing_statistics(G: Generator, batches: int = 20, batch: int = 256, seed: int = 0) -> Generator:
     """Re-estimate G's BatchNorm running statistics for its own weights: `batches` forward passes in train
@@ -228,7 +246,8 @@ def standing_statistics(G: Generator, batches: int = 20, batch: int = 256, seed:
 
 
 def evaluate_cgan(G: Generator, attrs: tuple[str, ...], real: torch.Tensor, per_combination: int = 500,
-                  judge=None, seed: int = 0, real_attr: torch.Tensor | None = None) -> dict:
+                  judge=None, seed: int = 0, real_attr: torch.Tensor | None = None,
+                  classifier: AttributeClassifier | None = None) -> dict:
     """The lesson's bars on a trained G:
 
     - for every attribute combination, the share of `per_combination` generated faces on which the
@@ -239,7 +258,10 @@ def evaluate_cgan(G: Generator, attrs: tuple[str, ...], real: torch.Tensor, per_
     The generated set mixes the combinations in equal shares. Given `real_attr` (N, k), the real faces' own
     0/1 attributes, each row also has `real_agreement`: the same share on the real faces of that combination
     (None when there are none), what a G that drew the data itself would score: the bar's ceiling with this
-    judge, beside the agreement as the floor is beside the Fréchet distance."""
+    judge, beside the agreement as the floor is beside the Fréchet distance. Given the run's auxiliary
+    `classifier` C, each row also has `classifier_agreement`: the same share as read by C, the critic G was
+    pulled towards (docs/cgan.md: C agrees on faces where the judge does not), and with `real_attr`
+    `classifier_real_agreement`, C's share on the real faces of the row."""
     from faceedu.metrics import generation_report
     from faceedu.models.judges import load_judges
 
@@ -254,29 +276,43 @@ def evaluate_cgan(G: Generator, attrs: tuple[str, ...], real: torch.Tensor, per_
         rows.append({"attributes": {a: int(v) for a, v in zip(attrs, y.tolist())},
                      "agreement": float(agree.all(1).float().mean()),
                      "per_attribute": {a: float(agree[:, i].mean()) for i, a in enumerate(attrs)}})
+        if classifier is not None:
+            rows[-1]["classifier_agreement"] = float((classifier_reads(classifier, faces) == y).all(1).float().mean())
         generated.append(faces)
     if real_attr is not None:
         seen_real = judge.predict(real)[:, columns]
+        read_real = classifier_reads(classifier, real) if classifier is not None else None
         for row, y in zip(rows, combos):
             mine = (real_attr == y).all(1)
             row["real_faces"] = int(mine.sum())
             row["real_agreement"] = float((seen_real[mine] == y).all(1).float().mean()) if mine.any() else None
+            if read_real is not None:
+                row["classifier_real_agreement"] = (float((read_real[mine] == y).all(1).float().mean())
+                                                    if mine.any() else None)
     mixed = torch.cat(generated)[torch.randperm(len(combos) * per_combination, generator=torch.Generator().manual_seed(seed))]
     report = generation_report(judge, real, mixed[:len(real)])
     return {"combinations": rows, "min_agreement": min(r["agreement"] for r in rows), **report}
 
 
 def format_report(result: dict) -> str:
-    lines = [f"{'attributes':<40} {'judge agrees':>12} {'on real faces':>14}"]
+    with_c = all("classifier_agreement" in row for row in result["combinations"])
+    lines = [f"{'attributes':<40} {'judge agrees':>12} {'on real faces':>14}"
+             + (f" {'C agrees':>9} {'C on real':>9}" if with_c else "")]
     for row in result["combinations"]:
         real = row.get("real_agreement")
         real = f"{real:.1%} of {row['real_faces']}" if real is not None else "-"
-        lines.append(f"{', '.join(f'{a}={v}' for a, v in row['attributes'].items()):<40} {row['agreement']:>12.1%} {real:>14}")
+        lines.append(f"{', '.join(f'{a}={v}' for a, v in row['attributes'].items()):<40} {row['agreement']:>12.1%} {real:>14}"
+                     + (f" {row['classifier_agreement']:>9.1%} {_share(row.get('classifier_real_agreement')):>9}"
+                        if with_c else ""))
     lines.append(f"diversity {result['diversity']:.3f} vs real {result['real_diversity']:.3f} "
                  f"(ratio {result['diversity_ratio']:.2f}); Fréchet distance in judge features "
                  f"{result['frechet']:.3f} (real-vs-real floor {result['frechet_floor']:.3f}; not FID)")
     lines += [f"judged by the {line}" for line in result.get("judges", [])] + result.get("judge_warnings", [])
     return "\n".join(lines)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def eval_run(run_dir: Path | str, root: Path | str | None = None, out: Path | str | None = None,
@@ -297,7 +333,8 @@ def eval_run(run_dir: Path | str, root: Path | str | None = None, out: Path | st
     test = load_data(root, "test", config, limit=real_limit)
     referees = judges_for(root, judges, kinds=("attributes",), verbose=False)
     result = evaluate_cgan(G, config.attrs, test.images(), per_combination=per_combination,
-                           judge=referees.require("attributes"), real_attr=test.attr)
+                           judge=referees.require("attributes"), real_attr=test.attr,
+                           classifier=load_classifier(run_dir))
     result |= {"run": str(run_dir), "preset": described.get("preset"), "discriminator": config.discriminator,
                "loss": config.loss, "steps": described["loop"]["steps"], "g_ema": config.g_ema,
                "judges": referees.describe(), "judge_warnings": referees.warnings}

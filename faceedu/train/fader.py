@@ -189,6 +189,24 @@ def load_run(run_dir: Path | str, map_location: str | torch.device = "cpu") -> t
     return ae.eval(), lat_dis.eval(), described
 
 
+def load_classifier(run_dir: Path | str, map_location: str | torch.device = "cpu") -> FN.Classifier | None:
+    """The run's classifier discriminator (eval mode), or None when the run trained none."""
+    described, modules = read_run(run_dir, "fader", "a Fader Network", map_location)
+    if "clf_dis" not in modules:
+        return None
+    clf_dis = FN.Classifier(FaderConfig.from_dict(described["fader"]))
+    clf_dis.load_state_dict(modules["clf_dis"])
+    return clf_dis.eval()
+
+
+@torch.no_grad()
+def classifier_reads(clf_dis: FN.Classifier, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """(N, A) 0/1: the attributes the classifier discriminator reads (argmax of each pair) on images in [0, 1]."""
+    device = next(clf_dis.parameters()).device
+    logits = torch.cat([clf_dis(FN.to_model(b).to(device)).cpu() for b in images.split(batch)])
+    return logits.view(len(images), -1, 2).argmax(2).float()
+
+
 def is_finished(run_dir: Path | str, steps: int | None = None) -> bool:
     """A run folder whose checkpoint reached its (or the given) number of steps."""
     run_dir = Path(run_dir)
@@ -257,7 +275,8 @@ def flip_ceiling(read: torch.Tensor, truth: torch.Tensor) -> float:
 
 @torch.no_grad()
 def evaluate_fader(ae: AutoEncoder, lat_dis: LatentDiscriminator, data: Any, judges, faces: int = 500,
-                   alphas: tuple[float, ...] = (-2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2)) -> dict:
+                   alphas: tuple[float, ...] = (-2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2),
+                   classifier: FN.Classifier | None = None) -> dict:
     """Everything the lesson's bars measure, on the first `faces` items of `data` (a FaceTensors split):
 
     - per trained attribute, flipping it (alpha = -1 where present, +1 where absent, the rest at their
@@ -268,7 +287,10 @@ def evaluate_fader(ae: AutoEncoder, lat_dis: LatentDiscriminator, data: Any, jud
       edit that drew a real face with the new value would score (the bar's ceiling with this judge);
     - the slider: the judge's mean probability of the attribute over alpha, and Spearman's rho against alpha;
     - reconstruction with the true attributes: SSIM inside the face mask (faceedu.metrics.ssim);
-    - the latent discriminator's accuracy on these faces vs the majority rate, per attribute and mean."""
+    - the latent discriminator's accuracy on these faces vs the majority rate, per attribute and mean;
+    - given the run's `classifier` discriminator: per flip, `classifier_success` (and its added / removed
+      shares), the same success as that critic reads it (docs/fader.md: it is convinced where the judge is
+      not), and `classifier_on_real`, its accuracy per attribute on the real faces."""
     from faceedu import metrics as M
 
     judge, identity = judges.attributes, judges.identity
@@ -309,6 +331,12 @@ def evaluate_fader(ae: AutoEncoder, lat_dis: LatentDiscriminator, data: Any, jud
                "success_ceiling": flip_ceiling(on_real[:, j], y[:, a])}
         if identity is not None:
             row["identity_cosine"] = float(identity.similarity(recon, edited).mean())
+        if classifier is not None:
+            read = classifier_reads(classifier, edited)[:, a]
+            row |= {"classifier_success": float((read == 1 - y[:, a]).float().mean()),
+                    "classifier_success_add": float(read[y[:, a] == 0].mean()) if (y[:, a] == 0).any() else float("nan"),
+                    "classifier_success_remove": (float(1 - read[y[:, a] == 1].mean()) if (y[:, a] == 1).any()
+                                                  else float("nan"))}
         slider = []
         for value in alphas:
             alpha = 2 * y - 1
@@ -318,6 +346,8 @@ def evaluate_fader(ae: AutoEncoder, lat_dis: LatentDiscriminator, data: Any, jud
         row["spearman"] = spearman(torch.tensor(alphas, dtype=torch.float64), torch.tensor(slider))
         rows.append(row)
     out["flips"] = rows
+    if classifier is not None:
+        out["classifier_on_real"] = {n: float(v) for n, v in zip(config.attrs, (classifier_reads(classifier, x) == y).float().mean(0))}
     out["kept_mean"] = sum(r["kept"] for r in rows) / len(rows)
     z = torch.cat([ae.encode(FN.to_model(b)) for b in x.split(256)])
     accuracy = FN.attribute_accuracy(lat_dis.eval()(z), y)
@@ -484,7 +514,7 @@ def report(run_dir: Path | str, out: Path | str | None = None, root: Path | str 
     data = load_data(root, "test", ae.config, limit=max(faces, 1000))
     referees = judges_for(root, judges, kinds=["attributes", "identity"], verbose=False)
     referees.require("attributes")
-    result = evaluate_fader(ae, lat_dis, data, referees, faces=faces)
+    result = evaluate_fader(ae, lat_dis, data, referees, faces=faces, classifier=load_classifier(run_dir))
     x, recon = result.pop("originals"), result.pop("reconstructions")
     y = data.attr[:faces][:, attribute_columns(list(data.attr_names), ae.config.attrs)]
     flipped = FN.edit(ae, x, 1 - 2 * y.float())       # every attribute flipped at once
@@ -512,6 +542,13 @@ def format_report(result: dict) -> str:
         lines.append(f"{r['attribute']:<12} {r['success']:>8.1%} {r.get('success_ceiling', float('nan')):>8.1%} {r['kept']:>6.1%} "
                      f"{r['kept_worst'] + ' ' + format(r['kept_min'], '.0%'):>22} "
                      f"{r.get('identity_cosine', float('nan')):>9.3f} {r['spearman']:>9.3f}")
+    if "classifier_on_real" in result:
+        lines.append("flip success added / removed, by the judge and by the run's classifier discriminator "
+                     "(its accuracy on the real faces in brackets):")
+        for r in result["flips"]:
+            lines.append(f"  {r['attribute']:<12} judge {r['success_add']:.1%} / {r['success_remove']:.1%}, classifier "
+                         f"{r['classifier_success_add']:.1%} / {r['classifier_success_remove']:.1%} "
+                         f"({result['classifier_on_real'][r['attribute']]:.1%})")
     d = result["lat_dis"]
     lines.append(f"reconstruction SSIM in the face mask {result.get('masked_ssim', float('nan')):.3f} "
                  f"(whole image {result['ssim']:.3f})")
