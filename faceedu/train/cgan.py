@@ -193,17 +193,24 @@ def train_cgan(config: CGANConfig, run_dir: Path | str, root: Path | str, steps:
 def load_run(run_dir: Path | str, map_location: str | torch.device = "cpu") -> tuple[Generator, dict]:
     """The trained generator of a run folder (eval mode; its moving average when the run kept one) and its config.json."""
     described, modules = read_run(run_dir, "cgan", "a cGAN", map_location)
-    G = Generator(CGANConfig.from_dict(described["cgan"]))
-    G.load_state_dict(modules.get("G_ema", modules["G"]))          # the moving average when the run kept one
-    if "G_ema" in modules:
-        standing_statistics(G)
-    return G.eval(), described
+    return _generator(described, modules), described
 
 
 def load_classifier(run_dir: Path | str, map_location: str | torch.device = "cpu") -> AttributeClassifier | None:
     """The run's auxiliary classifier C (eval mode, its statistics as training left them), or None when the
     run trained none."""
-    described, modules = read_run(run_dir, "cgan", "a cGAN", map_location)
+    return _classifier(*read_run(run_dir, "cgan", "a cGAN", map_location))
+
+
+def _generator(described: dict, modules: dict) -> Generator:
+    G = Generator(CGANConfig.from_dict(described["cgan"]))
+    G.load_state_dict(modules.get("G_ema", modules["G"]))          # the moving average when the run kept one
+    if "G_ema" in modules:
+        standing_statistics(G)
+    return G.eval()
+
+
+def _classifier(described: dict, modules: dict) -> AttributeClassifier | None:
     if "C" not in modules:
         return None
     C = AttributeClassifier(CGANConfig.from_dict(described["cgan"]))
@@ -325,7 +332,8 @@ def eval_run(run_dir: Path | str, root: Path | str | None = None, out: Path | st
     from faceedu.viz import plot_loss_curves, save_grid
 
     run_dir = Path(run_dir)
-    G, described = load_run(run_dir)
+    described, modules = read_run(run_dir, "cgan", "a cGAN")        # one read for G and C
+    G = _generator(described, modules)
     config = G_config(described)
     root = Path(root) if root is not None else Path(described["data"])
     out = Path(out) if out is not None else run_dir / "eval"
@@ -334,7 +342,7 @@ def eval_run(run_dir: Path | str, root: Path | str | None = None, out: Path | st
     referees = judges_for(root, judges, kinds=("attributes",), verbose=False)
     result = evaluate_cgan(G, config.attrs, test.images(), per_combination=per_combination,
                            judge=referees.require("attributes"), real_attr=test.attr,
-                           classifier=load_classifier(run_dir))
+                           classifier=_classifier(described, modules))
     result |= {"run": str(run_dir), "preset": described.get("preset"), "discriminator": config.discriminator,
                "loss": config.loss, "steps": described["loop"]["steps"], "g_ema": config.g_ema,
                "judges": referees.describe(), "judge_warnings": referees.warnings}

@@ -182,16 +182,23 @@ def lesson_fader(root: Path | str, fast: bool = False, step_fn=None, schedule_fn
 def load_run(run_dir: Path | str, map_location: str | torch.device = "cpu") -> tuple[AutoEncoder, LatentDiscriminator, dict]:
     """The trained auto-encoder and latent discriminator of a run folder (eval mode) and its config.json."""
     described, modules = read_run(run_dir, "fader", "a Fader Network", map_location)
-    config = FaderConfig.from_dict(described["fader"])
-    ae, lat_dis = AutoEncoder(config), LatentDiscriminator(config)
-    ae.load_state_dict(modules["ae"])
-    lat_dis.load_state_dict(modules["lat_dis"])
-    return ae.eval(), lat_dis.eval(), described
+    return (*_networks(described, modules), described)
 
 
 def load_classifier(run_dir: Path | str, map_location: str | torch.device = "cpu") -> FN.Classifier | None:
     """The run's classifier discriminator (eval mode), or None when the run trained none."""
-    described, modules = read_run(run_dir, "fader", "a Fader Network", map_location)
+    return _classifier(*read_run(run_dir, "fader", "a Fader Network", map_location))
+
+
+def _networks(described: dict, modules: dict) -> tuple[AutoEncoder, LatentDiscriminator]:
+    config = FaderConfig.from_dict(described["fader"])
+    ae, lat_dis = AutoEncoder(config), LatentDiscriminator(config)
+    ae.load_state_dict(modules["ae"])
+    lat_dis.load_state_dict(modules["lat_dis"])
+    return ae.eval(), lat_dis.eval()
+
+
+def _classifier(described: dict, modules: dict) -> FN.Classifier | None:
     if "clf_dis" not in modules:
         return None
     clf_dis = FN.Classifier(FaderConfig.from_dict(described["fader"]))
@@ -507,14 +514,15 @@ def report(run_dir: Path | str, out: Path | str | None = None, root: Path | str 
     from faceedu.viz import save_grid
 
     run_dir = Path(run_dir)
-    ae, lat_dis, described = load_run(run_dir)
+    described, modules = read_run(run_dir, "fader", "a Fader Network")   # one read for every network
+    ae, lat_dis = _networks(described, modules)
     root = Path(root) if root is not None else Path(described["data"])
     out = Path(out) if out is not None else run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(root, "test", ae.config, limit=max(faces, 1000))
     referees = judges_for(root, judges, kinds=["attributes", "identity"], verbose=False)
     referees.require("attributes")
-    result = evaluate_fader(ae, lat_dis, data, referees, faces=faces, classifier=load_classifier(run_dir))
+    result = evaluate_fader(ae, lat_dis, data, referees, faces=faces, classifier=_classifier(described, modules))
     x, recon = result.pop("originals"), result.pop("reconstructions")
     y = data.attr[:faces][:, attribute_columns(list(data.attr_names), ae.config.attrs)]
     flipped = FN.edit(ae, x, 1 - 2 * y.float())       # every attribute flipped at once
