@@ -39,7 +39,7 @@ def _train_judge(args: argparse.Namespace) -> int:
     unknown = [k for k in kinds or [] if k not in KINDS]
     if unknown:
         raise SystemExit(f"faceedu train judge: unknown --kind {unknown[0]!r}; choose all or from {', '.join(KINDS)}.")
-    overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+    overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "pixel_noise": args.pixel_noise,
                  "init_from_attributes": False if args.no_init else None}
     loop = {"device": args.device, "progress": not args.no_progress, "seed": args.seed}
     train_judges(args.root, args.run, kinds, args.preset, overrides, loop, args.export, args.data, args.train_limit)
@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--steps", type=int, default=None)
     judge.add_argument("--batch-size", type=int, default=None)
     judge.add_argument("--lr", type=float, default=None)
+    judge.add_argument("--pixel-noise", type=float, default=None,
+                       help="augment half the training faces with Gaussian pixel noise of sigma up to this (e.g. 0.1): "
+                            "a judge that reads generated faces must not read their grain as an attribute")
     judge.add_argument("--seed", type=int, default=0)
     judge.add_argument("--device", default="auto")
     judge.add_argument("--no-init", action="store_true", help="identity: train from scratch, not from the attribute judge")

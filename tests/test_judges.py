@@ -68,6 +68,52 @@ def test_identity_judge_meets_bar_on_unseen_identities(judge_results):
     assert figures["verification_accuracy"] >= BAR, f"verification accuracy {figures['verification_accuracy']:.4f} < {BAR}\n{RETRAIN}"
 
 
+def grain_report(judge, synth_root, sigma: float = 0.06, faces: int = 1000) -> dict:
+    """The attribute judge on the first `faces` SynthFaces test faces, clean and with Gaussian pixel noise of
+    `sigma` (fixed seed): {"clean": figures, "grainy": figures} (`attribute_accuracy`)."""
+    from faceedu.data.referees import face_split
+    from faceedu.models.judges import attribute_accuracy
+
+    images, attr, _, names = face_split(synth_root, "test", None, limit=faces)
+    images = images.float() / 255
+    labels = attr[:, [names.index(n) for n in judge.attributes]]
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    return {name: attribute_accuracy(judge, x, labels, judge.attributes)
+            for name, x in (("clean", images), ("grainy", (images + sigma * noise).clamp(0, 1)))}
+
+
+def grain_failures(report: dict, mean_drop: float = 0.01, attribute_drop: float = 0.05) -> list[str]:
+    """What pixel noise costs the judge beyond `mean_drop` of mean accuracy or `attribute_drop` on an attribute."""
+    clean, grainy = report["clean"], report["grainy"]
+    failures = ([f"mean accuracy {grainy['mean_accuracy']:.3f} against {clean['mean_accuracy']:.3f} clean"]
+                if grainy["mean_accuracy"] < clean["mean_accuracy"] - mean_drop else [])
+    return failures + [f"{a} {grainy['per_attribute'][a]:.3f} against {c:.3f} clean"
+                       for a, c in clean["per_attribute"].items() if grainy["per_attribute"][a] < c - attribute_drop]
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped attribute judge was trained without pixel noise and reads grain "
+                                       "as a beard (docs/judges.md, 'Grain'); retrain it with --pixel-noise 0.1")
+def test_attribute_judge_reads_grainy_faces_as_it_reads_clean_ones(synth_root):
+    """Generated faces are grainy where SynthFaces' renderer is clean (its own noise is sigma 0.015). Pixel
+    noise of sigma 0.06 must cost the judge at most a point of mean accuracy and 5 points on any attribute;
+    otherwise it scores a generator's texture, not its attributes."""
+    failures = grain_failures(grain_report(load_judges(kinds=("attributes",)).require("attributes"), synth_root))
+    assert not failures, f"with pixel noise of sigma 0.06 the judge reads: {'; '.join(failures)}"
+
+
+def test_pixel_noise_augmentation_adds_noise_to_about_half_the_faces_and_nothing_else():
+    from faceedu.train.judge import augment
+
+    faces = 0.4 + 0.2 * torch.rand(400, 3, 32, 32)
+    torch.manual_seed(0)
+    plain = augment(faces)
+    torch.manual_seed(0)
+    noisy = augment(faces, pixel_noise=0.1)
+    sigma = (noisy - plain).std((1, 2, 3))             # the same pose and brightness: only the noise differs
+    assert 0.4 < (sigma > 0).float().mean() < 0.6
+    assert sigma.max() < 0.1 * 1.05 and sigma[sigma > 0].mean() == pytest.approx(0.05, abs=0.01)
+
+
 def test_eval_command_prints_table_and_writes_json(tmp_path, synth_root, judge_results, monkeypatch, capsys):
     import faceedu.metrics
     from faceedu.cli import main

@@ -59,6 +59,8 @@ class JudgeConfig:
     lr: float = 2e-3              # AdamW with one-cycle schedule: short runs converge without tuning
     weight_decay: float = 5e-4
     augment: bool = True          # small pose/brightness jitter and flips: judges must also read generated faces
+    pixel_noise: float = 0.0      # > 0: half the faces get pixel noise of sigma ~ U(0, this); generated faces
+                                  # are grainy, and a judge that never saw grain reads it as a beard (docs/judges.md)
     embedding_dim: int = 64       # identity only
     cosface_scale: float = 16.0   # identity only (CosFace s, m): margin keeps classes apart on the sphere
     cosface_margin: float = 0.25
@@ -102,8 +104,9 @@ def default_attributes(root: Path | str) -> list[str] | None:
 
 # --- augmentation ---------------------------------------------------------------------------------------
 
-def augment(images: torch.Tensor) -> torch.Tensor:
-    """Per-image random flip, rotation (+-6 deg), scale (+-6%), shift (+-4%) and brightness (+-8%)."""
+def augment(images: torch.Tensor, pixel_noise: float = 0.0) -> torch.Tensor:
+    """Per-image random flip, rotation (+-6 deg), scale (+-6%), shift (+-4%) and brightness (+-8%); with
+    `pixel_noise` > 0, half the faces also get Gaussian pixel noise of sigma ~ U(0, pixel_noise)."""
     n = images.shape[0]
     angle = (torch.rand(n) * 2 - 1) * math.radians(6)
     scale = 1 + (torch.rand(n) * 2 - 1) * 0.06
@@ -115,7 +118,11 @@ def augment(images: torch.Tensor) -> torch.Tensor:
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
     brightness = 1 + (torch.rand(n, 1, 1, 1, device=images.device) * 2 - 1) * 0.08
-    return (out * brightness).clamp(0, 1)
+    out = out * brightness
+    if pixel_noise > 0:
+        sigma = torch.rand(n, 1, 1, 1) * pixel_noise * (torch.rand(n, 1, 1, 1) < 0.5)
+        out = out + sigma.to(out) * torch.randn_like(out)
+    return out.clamp(0, 1)
 
 
 # --- the three tasks ------------------------------------------------------------------------------------
@@ -132,7 +139,7 @@ class JudgeTask(ABC):
             self.optimizers["adamw"], max_lr=config.lr, total_steps=config.steps + 1, pct_start=0.15)}
 
     def inputs(self, batch: dict) -> torch.Tensor:
-        return augment(batch["image"]) if self.config.augment else batch["image"]
+        return augment(batch["image"], self.config.pixel_noise) if self.config.augment else batch["image"]
 
     @abstractmethod
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
