@@ -263,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--batch-size", type=int, default=None)
     judge.add_argument("--lr", type=float, default=None)
     judge.add_argument("--pixel-noise", type=float, default=None,
-                       help="augment half the training faces with Gaussian pixel noise of sigma up to this (e.g. 0.1): "
-                            "a judge that reads generated faces must not read their grain as an attribute")
+                       help="Gaussian pixel noise of sigma up to this on half the training faces (default: the preset's, 0.1 "
+                            "for the attribute judge): a judge of generated faces must not read their grain as an attribute")
     judge.add_argument("--seed", type=int, default=0)
     judge.add_argument("--device", default="auto")
     judge.add_argument("--no-init", action="store_true", help="identity: train from scratch, not from the attribute judge")

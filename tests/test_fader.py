@@ -166,18 +166,21 @@ def fader_report(trained_fader, synth_root):
     return result
 
 
-# Issue 13 stays open on three bars. The quick preset (64x8x8 latent, the official classifier discriminator at 0.3,
+# Issue 13 stays open on four bars. The quick preset (64x8x8 latent, the official classifier discriminator at 0.3,
 # 3,000 steps, MSE + (1 - SSIM), trained on 2 CPU threads on every machine: the trajectory follows the thread
-# count) measured flips of 83.0 / 96.2 / 90.4 % (Male, Eyeglasses, Smiling) on 500 test faces, SSIM 0.600 inside
-# the face mask and slider Spearman 0.95 / 0.88 / 0.98 (without the classifier discriminator, 4x4 latent:
-# 29 / 57 / 26 %, 0.673 and 1.00 each; every configuration tried is in docs/fader.md). The Male flip misses on
-# the removals: 62.4 % by the judge, 98.6 % by the run's own classifier discriminator (docs/fader.md). strict: the
-# day a preset meets them, these xfails fail.
+# count) measures flips of 87.0 / 95.0 / 88.0 % (Male, Eyeglasses, Smiling) on 500 test faces by the attribute
+# judge retrained with pixel noise on 2026-11-27, SSIM 0.600 inside the face mask and slider Spearman 0.98 / 0.82 /
+# 0.93 (without the classifier discriminator, 4x4 latent: 29 / 57 / 26 %, 0.673 and 1.00 each; every
+# configuration tried is in docs/fader.md). The judge trained on clean faces read 83.0 / 96.2 / 90.4 % and
+# 0.95 / 0.88 / 0.98 from the same run: it read grain as a man, and more of the decoder's added smiles (86.6
+# against 79.8 %; docs/judges.md, "Grain"). The Male flip misses on the removals: 71.6 % by the judge, 98.6 % by
+# the run's own classifier discriminator (docs/fader.md). strict: the day a preset meets them, these xfails fail.
 QUICK_FADER_MISSES = pytest.mark.xfail(strict=True, raises=AssertionError,
                                        reason="issue 13: the quick Fader Network does not reach this bar yet (docs/fader.md)")
 
 
-@pytest.mark.parametrize("name", [pytest.param("Male", marks=QUICK_FADER_MISSES), "Eyeglasses", "Smiling"])
+@pytest.mark.parametrize("name", [pytest.param("Male", marks=QUICK_FADER_MISSES), "Eyeglasses",
+                                  pytest.param("Smiling", marks=QUICK_FADER_MISSES)])
 def test_flipping_an_attribute_succeeds_by_the_judge(fader_report, name):
     row = next(r for r in fader_report["flips"] if r["attribute"] == name)
     assert row["success"] >= 0.90, f"{name}: flipped on {row['success']:.1%} of test faces"

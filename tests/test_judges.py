@@ -91,12 +91,11 @@ def grain_failures(report: dict, mean_drop: float = 0.01, attribute_drop: float 
                        for a, c in clean["per_attribute"].items() if grainy["per_attribute"][a] < c - attribute_drop]
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped attribute judge was trained without pixel noise and reads grain "
-                                       "as a beard (docs/judges.md, 'Grain'); retrain it with --pixel-noise 0.1")
 def test_attribute_judge_reads_grainy_faces_as_it_reads_clean_ones(synth_root):
     """Generated faces are grainy where SynthFaces' renderer is clean (its own noise is sigma 0.015). Pixel
     noise of sigma 0.06 must cost the judge at most a point of mean accuracy and 5 points on any attribute;
-    otherwise it scores a generator's texture, not its attributes."""
+    otherwise it scores a generator's texture, not its attributes. The judge shipped until 2026-11-27, trained
+    without pixel noise, lost 6.7 points of mean accuracy and 42 on Rosy_Cheeks here (docs/judges.md)."""
     failures = grain_failures(grain_report(load_judges(kinds=("attributes",)).require("attributes"), synth_root))
     assert not failures, f"with pixel noise of sigma 0.06 the judge reads: {'; '.join(failures)}"
 
@@ -189,13 +188,15 @@ def test_best_threshold_separates_separable_scores():
 
 # --- provenance: what the judges were trained on, and a warning on other faces (issue 10) ----------------
 
-# The state-dict digests of the shipped weights as trained in commit 51d5632: adding their provenance
-# must not have changed a single weight.
+# The state-dict digests of the shipped weights: the expression and identity judges as trained in commit
+# 51d5632 (adding their provenance must not have changed a single weight), the attribute judge as retrained
+# with pixel noise on 2026-11-27 (docs/judges.md, "Grain").
 SHIPPED_STATE_SHA256 = {
-    "attributes": "8657b2c04f3faf8b0065cadb6d8a4ad24c34b56387f8a6c0bbf2904c0dc752ef",
+    "attributes": "8aee228e02134b85353b5501b1eff416f5bade8897388846b54243fa54960c1e",
     "expression": "d84adb89ee03ca4af0e2993046a5335598729f9b2776d4e8a7688543d850d3ec",
     "identity": "184311a7d9c0ab2212902b6fff32c0e77d78dcffd21cdb530f228d7fb549d937",
 }
+SHIPPED_DATES = {"attributes": "2026-11-27", "expression": "2026-11-23", "identity": "2026-11-23"}
 
 
 @pytest.fixture(scope="module")
@@ -224,12 +225,13 @@ def test_shipped_judges_record_their_training_data_with_weights_unchanged(synth_
         assert state_digest(raw["state_dict"]) == SHIPPED_STATE_SHA256[kind] == raw["meta"]["state_sha256"], \
             f"the shipped {kind} judge's weights changed; retrain with provenance (faceedu train judge) and update the digest"
         info = raw["meta"]["trained_on"]
-        assert info["dataset"] == "synthfaces" and info["date"] == "2026-11-23" and info["images"] > 0
+        date = SHIPPED_DATES[kind]
+        assert info["dataset"] == "synthfaces" and info["date"] == date and info["images"] > 0
         assert info["fingerprint"] == data_fingerprint(synth_root), \
             f"the shipped judges were trained on another SynthFaces than {synth_root} holds now.\n{RETRAIN}"
         assert "faceedu train judge" in info["command"]
         line = describe(load_judge(WEIGHTS_DIR / name))
-        assert "trained on SynthFaces" in line and "2026-11-23" in line and info["fingerprint"] in line
+        assert "trained on SynthFaces" in line and date in line and info["fingerprint"] in line
 
 
 def test_synthfaces_judges_warn_on_real_faces_and_not_on_synthfaces(synth_root, real_celeba, tmp_path, capsys):
