@@ -69,17 +69,13 @@ def test_identity_judge_meets_bar_on_unseen_identities(judge_results):
 
 
 def grain_report(judge, synth_root, sigma: float = 0.06, faces: int = 1000) -> dict:
-    """The attribute judge on the first `faces` SynthFaces test faces, clean and with Gaussian pixel noise of
-    `sigma` (fixed seed): {"clean": figures, "grainy": figures} (`attribute_accuracy`)."""
+    """`grain_robustness` on the first `faces` SynthFaces test faces."""
     from faceedu.data.referees import face_split
-    from faceedu.models.judges import attribute_accuracy
+    from faceedu.models.judges import grain_robustness
 
     images, attr, _, names = face_split(synth_root, "test", None, limit=faces)
-    images = images.float() / 255
     labels = attr[:, [names.index(n) for n in judge.attributes]]
-    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
-    return {name: attribute_accuracy(judge, x, labels, judge.attributes)
-            for name, x in (("clean", images), ("grainy", (images + sigma * noise).clamp(0, 1)))}
+    return grain_robustness(judge, images, labels, judge.attributes, sigma)
 
 
 def grain_failures(report: dict, mean_drop: float = 0.01, attribute_drop: float = 0.05) -> list[str]:

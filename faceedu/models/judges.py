@@ -524,6 +524,17 @@ def attribute_accuracy(judge: AttributeJudge, images: torch.Tensor, attr: torch.
             "above_baseline": int((correct > majority).sum()), "attributes": len(names)}
 
 
+def grain_robustness(judge: AttributeJudge, images: torch.Tensor, attr: torch.Tensor, names: Sequence[str],
+                     sigma: float = 0.06, seed: int = 0) -> dict:
+    """`attribute_accuracy` on `images` (in [0, 1] or uint8) clean and with Gaussian pixel noise of `sigma`
+    (fixed `seed`): {"clean": figures, "grainy": figures}. Generated faces are grainy where SynthFaces'
+    renderer is clean; a judge that reads grain as an attribute scores texture (docs/judges.md, "Grain")."""
+    images = images.float().div(255) if images.dtype == torch.uint8 else images.float()
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
+    return {name: attribute_accuracy(judge, x, attr, names)
+            for name, x in (("clean", images), ("grainy", (images + sigma * noise).clamp(0, 1)))}
+
+
 def expression_accuracy(judge: ExpressionJudge, images: torch.Tensor, labels: torch.Tensor,
                         expressions: Sequence[str]) -> dict:
     """Accuracy over all images and per expression; `labels` index into `expressions`."""
