@@ -16,7 +16,10 @@ Generated faces, for every generative lesson (04, 05, 06, 08):
                          network here, so its values are not comparable with published FIDs), always
                          reported beside its floor, the distance between two halves of the real faces;
   diversity              mean pairwise distance of generated faces in the same feature space, against the
-                         real faces' (mode collapse drives it towards 0).
+                         real faces' (mode collapse drives it towards 0);
+  density, coverage      how many real neighbourhoods hold generated faces, and how many real faces have a
+                         generated one in their neighbourhood (Naeem et al. 2020): fidelity and diversity
+                         apart, where the diversity ratio mixes them; beside them, two halves of the real faces.
 `faceedu eval judges` prints the judges' own test-split figures; every result is a dict that
 `format_table` prints and `json.dumps` writes.
 """
@@ -251,18 +254,51 @@ def mean_pairwise_distance(features: torch.Tensor, max_items: int = 2000) -> flo
     return float(torch.cdist(f, f).sum() / (n * (n - 1)))
 
 
+MANIFOLD_K = 5
+
+
+def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = MANIFOLD_K) -> dict[str, float]:
+    r"""Density and coverage of fake features (M, D) against real ones (N, D) (Naeem, Oh, Uh, Choi & Yoo 2020,
+    *Reliable fidelity and diversity metrics for generative models*, eq. 3-4; k = 5 as they recommend). Each
+    real feature's neighbourhood is the ball out to its k-th nearest real neighbour:
+
+    .. math:: \text{density} = \frac{1}{kM}\sum_j \sum_i 1[Y_j \in B(X_i)], \qquad
+              \text{coverage} = \frac{1}{N}\sum_i 1[\exists j: Y_j \in B(X_i)]
+
+    Density (fidelity: about 1 for fakes drawn like the real ones, above 1 when they crowd dense regions)
+    counts the balls each fake falls in; coverage (diversity, at most 1) is the share of real balls that hold
+    a fake. A generator that draws a few good faces has high density and low coverage, one whose faces are
+    spread but off the data the reverse; the diversity ratio cannot tell the two apart."""
+    if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"expected two (N, D) feature sets of the same D, got {tuple(real.shape)} and {tuple(fake.shape)}")
+    if len(real) <= k:
+        raise ValueError(f"density and coverage with k = {k} need more than {k} real samples, got {len(real)}")
+    real, fake = real.double(), fake.double()
+    radii = torch.cdist(real, real).kthvalue(k + 1, dim=1).values        # k-th neighbour; the first is itself
+    inside = torch.cdist(real, fake) < radii[:, None]                      # (N, M): fake j in real ball i
+    return {"density": float(inside.sum() / (k * len(fake))), "coverage": float(inside.any(1).float().mean())}
+
+
 def generation_report(judge, real: torch.Tensor, generated: torch.Tensor) -> dict[str, float]:
-    """Fréchet distance and diversity of generated faces against real ones, with the real-vs-real floor.
+    """Fréchet distance, diversity, density and coverage of generated faces against real ones, each with
+    what real faces score.
 
     The real faces are split into two halves A and B: the floor is FD(A, B) and the score FD(A, G) with G
-    cut to B's size, so both distances come from equally many samples (the estimate is biased by N)."""
+    cut to B's size, so both distances come from equally many samples (the estimate is biased by N); density
+    and coverage of G against A likewise sit beside those of B against A (`density_real`, `coverage_real`;
+    None when A has no more than MANIFOLD_K faces)."""
     fr, fg = judge_features(judge, real), judge_features(judge, generated)
     half = len(fr) // 2
     first, second = fr[:half], fr[half:2 * half]
     real_diversity = mean_pairwise_distance(fr)
     diversity = mean_pairwise_distance(fg)
+    if half > MANIFOLD_K:
+        manifold, manifold_real = density_coverage(first, fg[:len(second)]), density_coverage(first, second)
+    else:                                                                 # too few real faces for k neighbours
+        manifold = manifold_real = {"density": None, "coverage": None}
     return {"frechet": frechet_distance(first, fg[:len(second)]), "frechet_floor": frechet_distance(first, second),
             "diversity": diversity, "real_diversity": real_diversity, "diversity_ratio": diversity / real_diversity,
+            **manifold, "density_real": manifold_real["density"], "coverage_real": manifold_real["coverage"],
             "real": len(fr), "generated": len(fg)}
 
 

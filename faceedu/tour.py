@@ -139,11 +139,12 @@ def step_cgan(tour: Tour) -> None:
     result = eval_run(run, tour.root, out=tour.out / "cgan", real_limit=1000, per_combination=250)
     tour.summary["cgan"] = {"run": str(run), "min_agreement": round(result["min_agreement"], 4),
                             "diversity_ratio": round(result["diversity_ratio"], 4), "frechet": round(result["frechet"], 4),
-                            "frechet_floor": round(result["frechet_floor"], 4)}
+                            "frechet_floor": round(result["frechet_floor"], 4),
+                            "coverage": round(result["coverage"], 4), "coverage_real": round(result["coverage_real"], 4)}
     agreement = ", ".join(f"{'+'.join(a for a, v in row['attributes'].items() if v) or 'neither'} {row['agreement']:.0%}"
                           for row in result["combinations"])
     tour.say(f"the judge sees the requested attributes on: {agreement} (bar 90%); diversity {result['diversity_ratio']:.2f} "
-             f"of real faces' (bar 0.80); Fréchet distance in judge features {result['frechet']:.2f} (floor "
+             f"of real faces' (bar 0.80); coverage {result['coverage']:.2f} (real faces {result['coverage_real']:.2f}); Fréchet distance in judge features {result['frechet']:.2f} (floor "
              f"{result['frechet_floor']:.2f}); every combination at fixed z: {tour.out / 'cgan' / 'combinations.png'}")
 
 

@@ -96,6 +96,21 @@ def test_attribute_judge_reads_grainy_faces_as_it_reads_clean_ones(synth_root):
     assert not failures, f"with pixel noise of sigma 0.06 the judge reads: {'; '.join(failures)}"
 
 
+def test_identity_judge_sees_the_same_person_through_grain(synth_root):
+    """The identity judge referees lessons 03, 05 and 06 on generated faces. Pixel noise of sigma 0.06 must
+    leave a face's embedding close to its own (mean cosine >= 0.95) and cost verification at most a point.
+    The identity judge shipped until 2026-11-28, trained without pixel noise, gave 0.882 and lost 2.4 points:
+    grain cost it as much cosine as a different photograph of the same person (docs/judges.md)."""
+    from faceedu.data.referees import face_split
+    from faceedu.models.judges import identity_grain_robustness
+
+    images, _, identity, _ = face_split(synth_root, "test")
+    report = identity_grain_robustness(load_judges(kinds=("identity",)).require("identity"), images, identity)
+    clean, grainy = report["clean"]["verification_accuracy"], report["grainy"]["verification_accuracy"]
+    assert report["self_cosine"] >= 0.95, f"a face and its grainy copy: mean cosine {report['self_cosine']:.3f}"
+    assert grainy >= clean - 0.01, f"verification {grainy:.4f} on grainy faces against {clean:.4f} clean"
+
+
 def test_pixel_noise_augmentation_adds_noise_to_about_half_the_faces_and_nothing_else():
     from faceedu.train.judge import augment
 
@@ -184,15 +199,15 @@ def test_best_threshold_separates_separable_scores():
 
 # --- provenance: what the judges were trained on, and a warning on other faces (issue 10) ----------------
 
-# The state-dict digests of the shipped weights: the expression and identity judges as trained in commit
-# 51d5632 (adding their provenance must not have changed a single weight), the attribute judge as retrained
-# with pixel noise on 2026-11-27 (docs/judges.md, "Grain").
+# The state-dict digests of the shipped weights: the expression judge as trained in commit 51d5632 (adding
+# its provenance must not have changed a single weight), the attribute judge as retrained with pixel noise on
+# 2026-11-27 and the identity judge on 2026-11-28 (docs/judges.md, "Grain").
 SHIPPED_STATE_SHA256 = {
     "attributes": "8aee228e02134b85353b5501b1eff416f5bade8897388846b54243fa54960c1e",
     "expression": "d84adb89ee03ca4af0e2993046a5335598729f9b2776d4e8a7688543d850d3ec",
-    "identity": "184311a7d9c0ab2212902b6fff32c0e77d78dcffd21cdb530f228d7fb549d937",
+    "identity": "263912ff16161201841c78d2c07e85d38c7b418f83a971ace801f532b2ae7402",
 }
-SHIPPED_DATES = {"attributes": "2026-11-27", "expression": "2026-11-23", "identity": "2026-11-23"}
+SHIPPED_DATES = {"attributes": "2026-11-27", "expression": "2026-11-23", "identity": "2026-11-28"}
 
 
 @pytest.fixture(scope="module")

@@ -149,3 +149,30 @@ def test_generation_report_flags_a_collapsed_generator():
     report = generation_report(judge, real, collapsed)
     assert report["diversity_ratio"] < 0.1
     assert report["frechet"] > report["frechet_floor"]
+    assert report["coverage"] < 0.25 * report["coverage_real"], report   # one point sits in about k of 32 balls
+
+
+def test_density_and_coverage_count_neighbourhoods_as_naeem_et_al_define_them():
+    """Against a loop over every real ball (the paper's definition, eq. 3-4), and on the cases that tell
+    fidelity from diversity: fakes drawn like the real ones, fakes collapsed on a few real points, fakes
+    spread off the data."""
+    from faceedu.metrics import density_coverage
+
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(60, 4, generator=g), torch.randn(45, 4, generator=g) * 1.3 + 0.2
+    k = 3
+    radii = [sorted(float((r - other).norm()) for other in real)[k] for r in real]   # [0] is the point itself
+    inside = [[float((f - r).norm()) < radius for f in fake] for r, radius in zip(real, radii)]
+    got = density_coverage(real, fake, k=k)
+    assert got["density"] == pytest.approx(sum(map(sum, inside)) / (k * len(fake)))
+    assert got["coverage"] == pytest.approx(sum(map(any, inside)) / len(real))
+
+    real = torch.randn(2000, 8, generator=g)
+    alike = density_coverage(real[:1000], real[1000:])
+    assert 0.85 < alike["density"] < 1.15 and alike["coverage"] > 0.9, alike     # 1 - 2**-5 for large N
+    few = density_coverage(real[:1000], real[:10].repeat(100, 1) + 1e-3 * torch.randn(1000, 8, generator=g))
+    assert few["coverage"] < 0.1 and few["density"] > 0.5, few       # real-looking, few modes: ~10 k of 1000 balls
+    off = density_coverage(real[:1000], torch.randn(1000, 8, generator=g) + 4)
+    assert off["density"] < 0.05 and off["coverage"] < 0.1, off                  # spread, but not faces
+    with pytest.raises(ValueError, match="more than 5"):
+        density_coverage(real[:5], real)

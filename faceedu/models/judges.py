@@ -535,6 +535,19 @@ def grain_robustness(judge: AttributeJudge, images: torch.Tensor, attr: torch.Te
             for name, x in (("clean", images), ("grainy", (images + sigma * noise).clamp(0, 1)))}
 
 
+def identity_grain_robustness(judge: IdentityJudge, images: torch.Tensor, identity: torch.Tensor,
+                              sigma: float = 0.06, seed: int = 0) -> dict:
+    """The identity judge through pixel noise of `sigma` (fixed `seed`) on `images` (in [0, 1] or uint8):
+    `identity_verification` on the clean and on the grainy faces, and the cosine between each face and its own
+    grainy copy ("self_cosine", mean and min). A judge that reads grain as identity calls a generator's grainy
+    output another person (docs/judges.md, "Grain")."""
+    images = images.float().div(255) if images.dtype == torch.uint8 else images.float()
+    grainy = (images + sigma * torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))).clamp(0, 1)
+    self_cosine = judge.pair_similarity(_batched(judge, images), _batched(judge, grainy))
+    return {"clean": identity_verification(judge, images, identity), "grainy": identity_verification(judge, grainy, identity),
+            "self_cosine": float(self_cosine.mean()), "self_cosine_min": float(self_cosine.min())}
+
+
 def expression_accuracy(judge: ExpressionJudge, images: torch.Tensor, labels: torch.Tensor,
                         expressions: Sequence[str]) -> dict:
     """Accuracy over all images and per expression; `labels` index into `expressions`."""

@@ -261,7 +261,9 @@ def evaluate_cgan(G: Generator, attrs: tuple[str, ...], real: torch.Tensor, per_
       attribute judge sees exactly the requested attributes (all k agree), and per attribute;
     - diversity (mean pairwise distance in judge feature space) of the generated faces against the real
       faces' `real` (N, 3, S, S) in [0, 1], and the Fréchet distance on the same features with its
-      real-vs-real floor (`faceedu.metrics.generation_report`; not FID: the features are the judge's).
+      real-vs-real floor (`faceedu.metrics.generation_report`; not FID: the features are the judge's), and
+      the density and coverage of the same features (Naeem et al. 2020) beside two halves of the real faces':
+      fidelity and diversity apart, where the diversity ratio mixes them.
     The generated set mixes the combinations in equal shares. Given `real_attr` (N, k), the real faces' own
     0/1 attributes, each row also has `real_agreement`: the same share on the real faces of that combination
     (None when there are none), what a G that drew the data itself would score: the bar's ceiling with this
@@ -314,6 +316,10 @@ def format_report(result: dict) -> str:
     lines.append(f"diversity {result['diversity']:.3f} vs real {result['real_diversity']:.3f} "
                  f"(ratio {result['diversity_ratio']:.2f}); Fréchet distance in judge features "
                  f"{result['frechet']:.3f} (real-vs-real floor {result['frechet_floor']:.3f}; not FID)")
+    if result.get("coverage") is not None:
+        lines.append(f"coverage {result['coverage']:.3f} (real faces {result['coverage_real']:.3f}: the share of real "
+                     f"neighbourhoods that hold a generated face), density {result['density']:.3f} (real faces "
+                     f"{result['density_real']:.3f}: fidelity)")
     lines += [f"judged by the {line}" for line in result.get("judges", [])] + result.get("judge_warnings", [])
     return "\n".join(lines)
 

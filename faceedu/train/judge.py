@@ -71,10 +71,10 @@ class JudgeConfig:
 PRESETS: dict[str, dict[str, JudgeConfig]] = {
     "quick": {"attributes": JudgeConfig(steps=3000, pixel_noise=0.1),  # 8 epochs of 24,000 faces
               "expression": JudgeConfig(steps=600, batch_size=32),  # 65 epochs of 294 JAFFE-style images
-              "identity": JudgeConfig(steps=3000)},                 # 8 epochs, 1,200 identities
+              "identity": JudgeConfig(steps=3000, pixel_noise=0.1)},  # 8 epochs, 1,200 identities
     "full": {"attributes": JudgeConfig(steps=20_000, batch_size=128, pixel_noise=0.1),
              "expression": JudgeConfig(steps=2000, batch_size=32),
-             "identity": JudgeConfig(steps=40_000, batch_size=256)},
+             "identity": JudgeConfig(steps=40_000, batch_size=256, pixel_noise=0.1)},
 }
 
 
