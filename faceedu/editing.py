@@ -103,34 +103,27 @@ def lesson_vae(root: Path | str, steps: int, fast: bool = False) -> tuple[FaceVA
 
     from faceedu.data.tensors import load_face_tensors
     from faceedu.models.vae import preset
-    from faceedu.train.loop import CHECKPOINT, LoopConfig
+    from faceedu.train.loop import CHECKPOINT, LoopConfig, run_finished
     from faceedu.train.vae import default_steps, load_run, run_model_differences, train_vae
 
     repo = Path(__file__).resolve().parents[1]         # a source checkout (not an installed package)
-
-    def finished(run: Path, wanted: int | None) -> bool:
-        if not (run / CHECKPOINT).is_file() or not (run / "config.json").is_file():
-            return False
-        described = json.loads((run / "config.json").read_text())
-        return described.get("model") == "vae" and (wanted is None or described["loop"]["steps"] >= wanted)
-
     if os.environ.get("FACEEDU_VAE_RUN"):
         run = Path(os.environ["FACEEDU_VAE_RUN"]).expanduser()
-        if not finished(run, None):
+        if not run_finished(run, "vae", 0):
             raise FileNotFoundError(f"FACEEDU_VAE_RUN={run} holds no trained VAE (config.json and {CHECKPOINT}).")
         print(f"Using the VAE in {run} (FACEEDU_VAE_RUN).")
         return load_run(run)[0], run
     config = preset("quick")
     runs = repo / "runs" if (repo / "pyproject.toml").is_file() else Path.home() / ".cache" / "faceedu" / "runs"
     quick = runs / "vae-quick"
-    if not fast and finished(quick, default_steps(config)):
+    if not fast and run_finished(quick, "vae", default_steps(config)):
         print(f"Using the VAE that `faceedu train vae` trained in {quick}.")
         return load_run(quick)[0], quick
     if fast:
         run, steps = Path(tempfile.mkdtemp(prefix="faceedu-03-vae-")), 12
     else:
         run = runs / "vae-lesson03"
-    if not fast and finished(run, steps):
+    if not fast and run_finished(run, "vae", steps):
         print(f"Using the VAE trained earlier in {run}.")
         return load_run(run)[0], run                     # its config.json builds the network it was trained as
     if not fast and run_model_differences(config, run) and (run / CHECKPOINT).is_file():

@@ -24,6 +24,7 @@ def test_tour_writes_contact_sheet_correlations_and_summary(synth_root, trained_
     assert summary["latent"]["cos_blond_eyeglasses"] > 0.3     # blond and glasses share a direction
     cgan = summary["cgan"]      # measured, not judged here: the quick cGAN's bars are issue 12's (tests/test_cgan.py)
     assert 0 <= cgan["min_agreement"] <= 1 and cgan["frechet"] > cgan["frechet_floor"] > 0
+    assert 0 <= cgan["coverage"] < cgan["coverage_real"] <= 1
     assert (tmp_path / "cgan" / "combinations.png").stat().st_size > 20_000
     assert summary["fader"]["masked_ssim"] > 0 and (tmp_path / "fader" / "sliders.png").is_file()
     assert summary["cyclegan"]["cycle_l1_per_pixel"] > 0 and (tmp_path / "cyclegan" / "cycles.png").is_file()

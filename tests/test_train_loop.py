@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from faceedu.train.loop import CHECKPOINT, LoopConfig, TrainingDiverged, cpu_threads, load_checkpoint, train
+from faceedu.train.loop import (CHECKPOINT, LoopConfig, TrainingDiverged, cpu_threads, load_checkpoint, run_finished,
+                                 train)
 
 
 class TinyAutoencoder:
@@ -55,6 +56,19 @@ def test_resume_is_exact(tmp_path):
     for a, b in zip(straight.net.state_dict().values(), resumed.net.state_dict().values()):
         assert torch.equal(a, b)
     assert resumed.optimizers["net"].param_groups[0]["lr"] == straight.optimizers["net"].param_groups[0]["lr"]
+
+
+def test_an_interrupted_run_is_not_a_finished_one(tmp_path):
+    """Lessons reuse a finished run (lesson 03 the tour's runs/vae-quick): a run stopped half-way also has its
+    config.json and a checkpoint, and only the checkpoint's step tells it from a finished one."""
+    run = tmp_path / "run"
+    train(TinyAutoencoder(), data(), run, quiet(steps=8), describe={"model": "tiny"})
+    assert run_finished(run, "tiny") and run_finished(run, "tiny", 8) and not run_finished(run, "tiny", 9)
+    assert not run_finished(run, "vae") and not run_finished(tmp_path / "nothing", "tiny")
+    described = json.loads((run / "config.json").read_text())
+    described["loop"]["steps"] = 20            # what a 20-step run stopped after step 8 leaves behind
+    (run / "config.json").write_text(json.dumps(described))
+    assert not run_finished(run, "tiny") and run_finished(run, "tiny", 8)
 
 
 def test_run_folder_holds_logs_curves_samples_and_a_loadable_checkpoint(tmp_path):

@@ -14,7 +14,7 @@ import torch
 
 from faceedu.models import fader as FN
 from faceedu.models.fader import AutoEncoder, FaderConfig, LatentDiscriminator, preset
-from faceedu.train.loop import CHECKPOINT, LoopConfig, cpu_threads, data_root, loop_from_args, read_run, train
+from faceedu.train.loop import LoopConfig, cpu_threads, data_root, loop_from_args, read_run, run_finished, train
 
 # Every ACCURACY_EVERY steps the latent discriminator's accuracy is measured in eval mode (no dropout,
 # running BatchNorm statistics, as the official evaluation) on the batch about to be trained on, and logged
@@ -215,14 +215,8 @@ def classifier_reads(clf_dis: FN.Classifier, images: torch.Tensor, batch: int = 
 
 
 def is_finished(run_dir: Path | str, steps: int | None = None) -> bool:
-    """A run folder whose checkpoint reached its (or the given) number of steps."""
-    run_dir = Path(run_dir)
-    if not (run_dir / CHECKPOINT).is_file() or not (run_dir / "config.json").is_file():
-        return False
-    described = json.loads((run_dir / "config.json").read_text())
-    wanted = steps if steps is not None else described.get("loop", {}).get("steps")
-    state = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
-    return described.get("model") == "fader" and state["step"] >= (wanted or 0)
+    """A Fader run folder whose checkpoint reached its (or the given) number of steps."""
+    return run_finished(run_dir, "fader", steps)
 
 
 # --- editing with a run (faceedu edit) ----------------------------------------------------------------

@@ -254,6 +254,20 @@ def read_run(run_dir: Path | str, model: str, what: str,
     return described, state["modules"]
 
 
+def run_finished(run_dir: Path | str, model: str, steps: int | None = None) -> bool:
+    """Whether `run_dir` holds a `model` run (config.json) whose checkpoint reached `steps` (default: the
+    steps its config.json asked for). An interrupted run has both files too: only the checkpoint's step
+    tells the two apart."""
+    run_dir = Path(run_dir)
+    try:
+        described = json.loads((run_dir / "config.json").read_text())
+        wanted = steps if steps is not None else described["loop"]["steps"]
+        reached = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)["step"]
+    except (OSError, ValueError, KeyError, RuntimeError):
+        return False
+    return described.get("model") == model and reached >= wanted
+
+
 def load_checkpoint(task: Task, path: Path, map_location: torch.device | str = "cpu") -> dict:
     """Restore every module, optimiser, scheduler and RNG from `path`; return the checkpoint dict."""
     try:
