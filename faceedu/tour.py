@@ -144,8 +144,9 @@ def step_cgan(tour: Tour) -> None:
     agreement = ", ".join(f"{'+'.join(a for a, v in row['attributes'].items() if v) or 'neither'} {row['agreement']:.0%}"
                           for row in result["combinations"])
     tour.say(f"the judge sees the requested attributes on: {agreement} (bar 90%); diversity {result['diversity_ratio']:.2f} "
-             f"of real faces' (bar 0.80); coverage {result['coverage']:.2f} (real faces {result['coverage_real']:.2f}); Fréchet distance in judge features {result['frechet']:.2f} (floor "
-             f"{result['frechet_floor']:.2f}); every combination at fixed z: {tour.out / 'cgan' / 'combinations.png'}")
+             f"of real faces' (bar 0.80); coverage {result['coverage']:.2f} (real faces {result['coverage_real']:.2f}); "
+             f"Fréchet distance in judge features {result['frechet']:.2f} (floor {result['frechet_floor']:.2f}); "
+             f"every combination at fixed z: {tour.out / 'cgan' / 'combinations.png'}")
 
 
 def step_fader(tour: Tour) -> None:
