@@ -529,10 +529,8 @@ def grain_robustness(judge: AttributeJudge, images: torch.Tensor, attr: torch.Te
     """`attribute_accuracy` on `images` (in [0, 1] or uint8) clean and with Gaussian pixel noise of `sigma`
     (fixed `seed`): {"clean": figures, "grainy": figures}. Generated faces are grainy where SynthFaces'
     renderer is clean; a judge that reads grain as an attribute scores texture (docs/judges.md, "Grain")."""
-    images = images.float().div(255) if images.dtype == torch.uint8 else images.float()
-    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
-    return {name: attribute_accuracy(judge, x, attr, names)
-            for name, x in (("clean", images), ("grainy", (images + sigma * noise).clamp(0, 1)))}
+    clean, grainy = _with_grain(images, sigma, seed)
+    return {"clean": attribute_accuracy(judge, clean, attr, names), "grainy": attribute_accuracy(judge, grainy, attr, names)}
 
 
 def identity_grain_robustness(judge: IdentityJudge, images: torch.Tensor, identity: torch.Tensor,
@@ -541,11 +539,20 @@ def identity_grain_robustness(judge: IdentityJudge, images: torch.Tensor, identi
     `identity_verification` on the clean and on the grainy faces, and the cosine between each face and its own
     grainy copy ("self_cosine", mean and min). A judge that reads grain as identity calls a generator's grainy
     output another person (docs/judges.md, "Grain")."""
-    images = images.float().div(255) if images.dtype == torch.uint8 else images.float()
-    grainy = (images + sigma * torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))).clamp(0, 1)
-    self_cosine = judge.pair_similarity(_batched(judge, images), _batched(judge, grainy))
-    return {"clean": identity_verification(judge, images, identity), "grainy": identity_verification(judge, grainy, identity),
+    clean, grainy = _with_grain(images, sigma, seed)
+    embedded_clean, embedded_grainy = _batched(judge, clean), _batched(judge, grainy)
+    self_cosine = judge.pair_similarity(embedded_clean, embedded_grainy)
+    return {"clean": identity_verification(judge, clean, identity, embeddings=embedded_clean),
+            "grainy": identity_verification(judge, grainy, identity, embeddings=embedded_grainy),
             "self_cosine": float(self_cosine.mean()), "self_cosine_min": float(self_cosine.min())}
+
+
+def _with_grain(images: torch.Tensor, sigma: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`images` (in [0, 1] or uint8) as floats in [0, 1], and a copy with Gaussian pixel noise of `sigma`
+    drawn from `seed` (clamped to [0, 1])."""
+    images = images.float().div(255) if images.dtype == torch.uint8 else images.float()
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
+    return images, (images + sigma * noise).clamp(0, 1)
 
 
 def expression_accuracy(judge: ExpressionJudge, images: torch.Tensor, labels: torch.Tensor,

@@ -42,7 +42,7 @@ from faceedu.models import diat as M
 from faceedu.models.cyclegan import linear_decay
 from faceedu.models.diat import (AttributeDiscriminator, DenoisingNetwork, DIATConfig, ReconstructionNetwork,
                                  TransformNetwork, preset)
-from faceedu.train.loop import CHECKPOINT, LoopConfig, cpu_threads, data_root, loop_from_args, read_run, train
+from faceedu.train.loop import CHECKPOINT, LoopConfig, cpu_threads, data_root, loop_from_args, read_run, run_finished, train
 
 # The mean 68 landmarks of SynthFaces' training faces (64x64) and their 5 CelebA points: a template that is
 # moved onto a face's 5 landmarks (or onto the average aligned-CelebA ones) when a folder has no 68 points.
@@ -393,13 +393,6 @@ def _loop(base: LoopConfig, steps: int, config: DIATConfig, seed: int) -> LoopCo
                                          "bf16": base.bf16 or config.bf16}))
 
 
-def _finished(run: Path, steps: int) -> bool:
-    path = run / CHECKPOINT
-    if not path.is_file():
-        return False
-    return torch.load(path, map_location="cpu", weights_only=True)["step"] >= steps
-
-
 def pretrain(config: DIATConfig, pretrained_dir: Path | str, root: Path | str, faces=None,
              loop: LoopConfig | None = None, seed: int = 0, verbose: bool = True) -> dict:
     """Stages 1-2 (attribute-independent) into `pretrained_dir`/g, /f and (skip-connected T) /t; each
@@ -429,8 +422,11 @@ def pretrain(config: DIATConfig, pretrained_dir: Path | str, root: Path | str, f
 
 
 def _pretrained_done(config: DIATConfig, pretrained_dir: Path) -> bool:
-    return (_finished(pretrained_dir / "g", config.pretrain_g_steps) and _finished(pretrained_dir / "f", config.pretrain_f_steps)
-            and (not config.skip or _finished(pretrained_dir / "t", config.pretrain_t_steps)))
+    def done(part: str, steps: int) -> bool:
+        return run_finished(pretrained_dir / part, "diat-pretrain", steps)
+
+    return (done("g", config.pretrain_g_steps) and done("f", config.pretrain_f_steps)
+            and (not config.skip or done("t", config.pretrain_t_steps)))
 
 
 def load_pretrained(config: DIATConfig, pretrained_dir: Path | str) -> tuple[TransformNetwork, DenoisingNetwork, dict]:
@@ -665,7 +661,7 @@ def _finished_model(run: Path, config: DIATConfig) -> bool:
         described = json.loads((run / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    return ((run / "summary.json").is_file() and _finished(run, config.steps)
+    return ((run / "summary.json").is_file() and run_finished(run, "diat", config.steps)
             and DIATConfig.from_dict(described.get("diat", {})) == config)
 
 
