@@ -56,34 +56,51 @@ def trained_cgan(trained_dir, synth_root, pytestconfig) -> dict:
                        train_cgan, sample_every=250)
 
 
-@pytest.fixture(scope="session")
-def trained_diat(trained_dir, synth_root, pytestconfig) -> dict:
-    """Lesson 06's quick DIAT models (issue 16), trained once per test run as `faceedu train diat --preset
-    quick` does it, sharing one pre-training: mouth opening and closing, glasses removal, and the mouth-opening
-    model without the identity loss and without the perceptual regulariser; each evaluated on 300 test faces.
-    {"results": {name: evaluate(...)}, "seconds": {name: s}, "run": folder}. (Male and Young are measured by
-    the CLI for docs/diat.md: they do not fit the test run's training budget.) A finished suite of the same
-    preset on the same data in runs/diat-suite (the docs' command) is copied and evaluated instead of trained
-    again (FACEEDU_TEST_REUSE=0: always train)."""
-    import shutil
-
-    from training import REPO, reusable_run, training_progress
+def reusable_diat_suite(synth_root: Path) -> Path | None:
+    """runs/diat-suite (the docs' command) when it holds every model of the quick suite, finished, of the same
+    preset on the same data; else None."""
+    from training import reusable_run
 
     from faceedu.data.synthfaces import dataset_fingerprint
     from faceedu.models.diat import DIATConfig, preset
-    from faceedu.train.diat import QUICK_SUITE, train_suite
+    from faceedu.train.diat import QUICK_SUITE
 
-    run = trained_dir / "diat-quick"
-    config = preset("quick")
     source, fingerprint = REPO / "runs" / "diat-suite", dataset_fingerprint(synth_root)
 
     def same(change):
         return lambda described: (described.get("data_fingerprint") == fingerprint
                                   and DIATConfig.from_dict(described.get("diat", {})) == preset("quick", **change))
 
-    if all(reusable_run(source / name, same(change), config.steps) for name, change in QUICK_SUITE):
+    steps = preset("quick").steps
+    return source if all(reusable_run(source / name, same(change), steps) for name, change in QUICK_SUITE) else None
+
+
+@pytest.fixture(scope="session")
+def trained_diat(trained_dir, synth_root, pytestconfig) -> dict:
+    """Lesson 06's quick DIAT models (issue 16), trained once per test run as `faceedu train diat --preset
+    quick` does it, sharing one pre-training: mouth opening and closing, glasses removal, and the mouth-opening
+    model without the identity loss and without the perceptual regulariser; each evaluated on 300 test faces.
+    {"results": {name: evaluate(...)}, "seconds": {name: s}, "run": folder}. (Male and Young are measured by
+    the CLI for docs/diat.md: they do not fit the test run's training budget.) They train in the background
+    from the start of the run (`background_trainings`). A finished suite of the same preset on the same data
+    in runs/diat-suite (the docs' command) is copied and evaluated instead of trained again
+    (FACEEDU_TEST_REUSE=0: always train)."""
+    import json
+    import shutil
+
+    from training import training_progress, wait_for_background
+
+    from faceedu.models.diat import preset
+    from faceedu.train.diat import QUICK_SUITE, train_suite
+
+    run = trained_dir / "diat-quick"
+    runs, steps = [run / name for name, _ in QUICK_SUITE], preset("quick").steps
+    if wait_for_background(pytestconfig, "diat", runs, steps) is not None:
+        return json.loads((run / "results.json").read_text()) | {"run": run}
+    source = reusable_diat_suite(synth_root)
+    if source is not None:
         shutil.copytree(source, run)
-    with training_progress(pytestconfig, "diat", [run / name for name, _ in QUICK_SUITE], steps=config.steps):
+    with training_progress(pytestconfig, "diat", runs, steps=steps):
         payload = train_suite(synth_root, run, verbose=False)
     return payload | {"run": run}
 
@@ -92,7 +109,8 @@ def trained_diat(trained_dir, synth_root, pytestconfig) -> dict:
 def trained_cyclegan(trained_dir, synth_root, pytestconfig) -> dict:
     """Lesson 08's quick CycleGAN (SynthFaces-JAFFE, happy <-> neutral), trained once per test run exactly as
     `faceedu train cyclegan` does it: {"run": run folder, "summary": the loop's summary}. A finished run of the
-    same preset on the same data (the tour's runs/cyclegan-quick) is copied instead of training again."""
+    same preset on the same data (the tour's runs/cyclegan-quick) is copied instead of training again. It
+    trains in the background from the start of the run (`background_trainings`)."""
     from faceedu.models.cyclegan import preset
     from faceedu.train.cyclegan import train_cyclegan
     from training import quick_model
@@ -114,3 +132,72 @@ def trained_fader(trained_dir, synth_root, pytestconfig) -> dict:
     config = preset("quick")
     return quick_model(pytestconfig, "fader", config, trained_dir / "fader-quick", synth_root, config.steps,
                        train_fader, sample_every=500)
+
+
+# --- the one-thread quick models, trained in the background (tests/training.py) -----------------------------------
+
+BACKGROUND_FIXTURES = ("trained_cyclegan", "trained_diat")
+BACKGROUND_NEEDED = pytest.StashKey[set]()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Order the test modules in three groups, each in its usual order: those that train no quick model, then
+    those whose models train in the background, then those that train a quick model on two threads in the
+    test process. The light tests then run while the background trainings share the cores with them, and the
+    two-thread trainings start once those are done. Modules stay whole (their fixtures are made once)."""
+    def group(item) -> int:
+        names = set(item.fixturenames)
+        if any(n.startswith("trained_") and n != "trained_dir" and n not in BACKGROUND_FIXTURES for n in names):
+            return 2
+        return 1 if names & set(BACKGROUND_FIXTURES) else 0
+
+    module_group: dict = {}
+    for item in items:
+        module = getattr(item, "module", None)
+        module_group[module] = max(module_group.get(module, 0), group(item))
+    items.sort(key=lambda item: module_group[getattr(item, "module", None)])   # stable: usual order within
+    config.stash[BACKGROUND_NEEDED] = {n for item in items for n in BACKGROUND_FIXTURES if n in item.fixturenames}
+
+
+def _child_code(root: Path, run: Path, call: str) -> str:
+    """Python for a background child: `call` trains into `run` from the data at `root` and sets `summary`."""
+    from training import SUMMARY
+
+    return (f"import json\nroot, run = {str(root)!r}, {str(run)!r}\n{call}\n"
+            f"print({SUMMARY!r} + json.dumps(summary, default=str), flush=True)\n")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background_trainings(request):
+    """At the start of a run whose tests need the quick CycleGAN or the DIAT suite, start each (unless a
+    finished one can be reused) in a child process that makes its fixture's own training call on the
+    preset's one thread; the fixtures wait for them. Stopped at the end of the run if still running.
+    FACEEDU_TEST_BACKGROUND=0 trains them in the test process instead, when their fixtures ask."""
+    needed = request.config.stash.get(BACKGROUND_NEEDED, set())
+    if not needed or os.environ.get("FACEEDU_TEST_BACKGROUND", "1") == "0":
+        yield
+        return
+    from training import reusable_quick_run, start_in_background, stop_background
+
+    from faceedu.models.cyclegan import preset as cyclegan_preset
+
+    root, trained_dir = request.getfixturevalue("synth_root"), request.getfixturevalue("trained_dir")
+    cyclegan = cyclegan_preset("quick")
+    plans = {   # fixture: (model name, run folder, a finished run to reuse instead, the training call)
+        "trained_cyclegan": ("cyclegan", trained_dir / "cyclegan-quick",
+                             reusable_quick_run("cyclegan", cyclegan, root, cyclegan.steps),
+                             "from faceedu.models.cyclegan import preset\n"
+                             "from faceedu.train.cyclegan import train_cyclegan\n"
+                             "from faceedu.train.loop import LoopConfig\n"
+                             "summary = train_cyclegan(preset('quick'), run, root, preset_name='quick',\n"
+                             "                         loop=LoopConfig(progress=False, sample_every=400))"),
+        "trained_diat": ("diat", trained_dir / "diat-quick", reusable_diat_suite(root),
+                         "from faceedu.train.diat import train_suite\n"
+                         "summary = {'seconds': train_suite(root, run, verbose=False)['seconds']}"),
+    }
+    for fixture in sorted(needed):
+        name, run, reusable, call = plans[fixture]
+        if reusable is None:
+            start_in_background(name, _child_code(root, run, call), trained_dir / f"{name}-background.log")
+    yield
+    stop_background()

@@ -16,6 +16,14 @@ steps) and prints, every 30 s (FACEEDU_TEST_PROGRESS_S), where training is:
     [cgan] step 450/2000 · 180 images/s · 2 min 31 s so far · about 8 min 40 s left
 
 `reusable_run` finds a finished run to copy instead of training (the tour's runs/vae-quick, say).
+
+Quick models whose presets pin one CPU thread (CycleGAN, DIAT's suite) train in the background: at the
+start of a test run, each in a child process (`start_in_background`), so that they share the two cores with
+each other and with the tests that train nothing, instead of each training alone on one core while the other
+idles. Their fixtures wait for them (`wait_for_background`); a model that trains on two threads in the
+test process first waits for every background one (`wait_for_all_background`), so that no two trainings
+fight over the cores. A child runs the very call the fixture would make, on the preset's threads, so the
+model is the one trained in the test process, bit for bit.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -152,16 +161,10 @@ def summary_of(run: Path) -> dict:
                        if k not in ("step", "epoch", "images_per_s") and not k.startswith("lr_")}}
 
 
-def quick_model(pytestconfig: Any, name: str, config: Any, run: Path, root: Path, steps: int,
-                train: Callable[..., dict], sample_every: int, unit: str = "images/s") -> dict:
-    """The quick model `name` ("vae", "cgan", ...) trained into `run` once per test run exactly as `faceedu
-    train NAME --preset quick` does it (`train(config, run, root, loop=..., preset_name="quick")`), or, when
-    the tour's runs/NAME-quick is a finished run of the same config, steps, batch, seed and data, a copy of
-    it: {"run": run, "summary": the loop's summary (seconds, images/s), plus "reused" for a copy}."""
-    import shutil
-
+def reusable_quick_run(name: str, config: Any, root: Path, steps: int) -> Path | None:
+    """The tour's runs/NAME-quick when it is a finished run of `config` with the same steps, batch, seed and
+    data (`reusable_run`); else None."""
     from faceedu.data.synthfaces import dataset_fingerprint
-    from faceedu.train.loop import LoopConfig
 
     fingerprint = dataset_fingerprint(root)
     wanted = json.loads(json.dumps(config.to_dict()))              # as config.json holds it (tuples as lists)
@@ -173,15 +176,89 @@ def quick_model(pytestconfig: Any, name: str, config: Any, run: Path, root: Path
                     and loop.get("batch_size") == getattr(config, "batch_size", loop.get("batch_size"))
                     and loop.get("seed") == 0)
 
-    found = reusable_run(REPO / "runs" / f"{name}-quick", same, steps)
+    return reusable_run(REPO / "runs" / f"{name}-quick", same, steps)
+
+
+def quick_model(pytestconfig: Any, name: str, config: Any, run: Path, root: Path, steps: int,
+                train: Callable[..., dict], sample_every: int, unit: str = "images/s") -> dict:
+    """The quick model `name` ("vae", "cgan", ...) trained into `run` once per test run exactly as `faceedu
+    train NAME --preset quick` does it (`train(config, run, root, loop=..., preset_name="quick")`), or, when
+    the tour's runs/NAME-quick is a finished run of the same config, steps, batch, seed and data, a copy of
+    it: {"run": run, "summary": the loop's summary (seconds, images/s), plus "reused" for a copy}. A model
+    started in the background (`start_in_background`) is waited for instead."""
+    import shutil
+
+    from faceedu.train.loop import LoopConfig
+
+    background = wait_for_background(pytestconfig, name, [run], steps)
+    if background is not None:
+        return {"run": run, "summary": background}
+    found = reusable_quick_run(name, config, root, steps)
     if found:
         shutil.copytree(found, run)
         terminal_print(pytestconfig, f"\n[{name}] reusing {found} (same quick preset, same data; "
                                      f"FACEEDU_TEST_REUSE=0 trains afresh)")
         return {"run": run, "summary": summary_of(run) | {"reused": str(found)}}
+    wait_for_all_background(pytestconfig)
     with training_progress(pytestconfig, name, run, steps):
         summary = train(config, run, root, loop=LoopConfig(progress=False, sample_every=sample_every),
                         preset_name="quick")
     terminal_print(pytestconfig, f"[{name}] quick preset trained in {summary['seconds']} s "
                                  f"({summary['images_per_s']} {unit})")
     return {"run": run, "summary": summary}
+
+
+# --- quick models trained in the background ------------------------------------------------------------------
+
+_BACKGROUND: dict[str, tuple[subprocess.Popen, Path, float]] = {}     # name -> (child, its log, start time)
+SUMMARY = "FACEEDU-SUMMARY "     # a child's last line of output: this, then its training summary as JSON
+
+
+def start_in_background(name: str, code: str, log: Path) -> None:
+    """Start `code` (Python source, run by `python -c` in the repository with this interpreter) in a child
+    process that trains quick model `name`; its output goes to `log`, and it ends with a line of `SUMMARY`
+    and its training summary as JSON."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)       # its own process group, with its pool's workers
+    _BACKGROUND[name] = (child, log, time.monotonic())
+
+
+def wait_for_background(config: Any, name: str, runs: Sequence[Path], steps: int) -> dict | None:
+    """If quick model `name` trains in the background, wait for it (its progress printed as a training in
+    the test process prints it) and return the summary its child wrote; None when it does not. A child that
+    failed fails the fixture with its output's last lines."""
+    if name not in _BACKGROUND:
+        return None
+    child, log, start = _BACKGROUND[name]
+    if child.poll() is None:
+        with training_progress(config, name, runs if len(runs) > 1 else runs[0], steps):
+            child.wait()
+    lines = log.read_text().splitlines()
+    if child.returncode != 0 or not lines or not lines[-1].startswith(SUMMARY):
+        tail = "\n".join(lines[-30:])
+        raise RuntimeError(f"the background training of {name} failed (exit {child.returncode}); "
+                           f"the end of {log}:\n{tail}")
+    terminal_print(config, f"[{name}] trained in the background in {_duration(time.monotonic() - start)}")
+    return json.loads(lines[-1].removeprefix(SUMMARY))
+
+
+def wait_for_all_background(config: Any) -> None:
+    """Wait until no background training is running (before a training that takes both cores)."""
+    running = [name for name, (child, _, _) in _BACKGROUND.items() if child.poll() is None]
+    if running:
+        terminal_print(config, f"[{', '.join(running)}] waiting for the background training to finish first")
+    for name in running:
+        _BACKGROUND[name][0].wait()
+
+
+def stop_background() -> None:
+    """Stop every background training still running, with the processes it started (at the end of a run)."""
+    import signal
+
+    for child, _, _ in _BACKGROUND.values():
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGTERM)
+            child.wait()
+    _BACKGROUND.clear()

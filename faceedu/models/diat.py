@@ -42,6 +42,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from faceedu.losses import discriminator_loss, generator_loss
+from faceedu.models.freeze import frozen
 from faceedu.models.pixels import to_image, to_model
 
 # --- which attributes, and where they live ----------------------------------------------------------------
@@ -542,7 +543,7 @@ def diat_step(T: nn.Module, D: nn.Module, f: nn.Module | None, phi, opt_t: torch
 
     1. D: real faces with the target attribute -> real, y = T(source) (detached) -> fake.
     2. T: eq. (1), lambda_attr * l_attr + lambda_id * l_id(source, T(source)) + lambda_pr * f(T(source))^2.
-       Only T's optimiser steps: D and f receive gradients through T's loss but are never updated by it.
+       Only T's optimiser steps: D and f are frozen while T's loss passes through them (no weight gradients).
     `phi(images)` returns the identity network's feature maps (a list, one per layer of `weights`); for
     DIAT-A it is D's `feature_maps`. `f` None (or lambda_pr 0) leaves the perceptual regulariser out."""
     y = T(source)
@@ -551,17 +552,17 @@ def diat_step(T: nn.Module, D: nn.Module, f: nn.Module | None, phi, opt_t: torch
     opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
     opt_d.step()
-    # 2. the transform network, judged by the updated D
-    adv = attribute_loss(D(y), config.gan)
-    with torch.no_grad():
-        fx = phi(source)
-    idl = identity_loss(fx, phi(y), weights) if config.lambda_id > 0 else y.new_zeros(())
-    pr = perceptual_regulariser(f, y) if (f is not None and config.lambda_pr > 0) else y.new_zeros(())
-    loss = config.lambda_attr * adv + config.lambda_id * idl + config.lambda_pr * pr
-    opt_t.zero_grad(set_to_none=True)
-    loss.backward()
+    # 2. the transform network, judged by the updated D (frozen, with f: their weights get no gradient here)
+    with frozen(D, f):
+        adv = attribute_loss(D(y), config.gan)
+        with torch.no_grad():
+            fx = phi(source)
+        idl = identity_loss(fx, phi(y), weights) if config.lambda_id > 0 else y.new_zeros(())
+        pr = perceptual_regulariser(f, y) if (f is not None and config.lambda_pr > 0) else y.new_zeros(())
+        loss = config.lambda_attr * adv + config.lambda_id * idl + config.lambda_pr * pr
+        opt_t.zero_grad(set_to_none=True)
+        loss.backward()
     opt_t.step()
-    opt_d.zero_grad(set_to_none=True)      # D's gradients from T's loss are dropped, never stepped
     return {"d": d_loss.detach(), "t": loss.detach(), "attr": adv.detach(), "id": idl.detach(), "pr": pr.detach()}
 
 

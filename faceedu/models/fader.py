@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from faceedu.models.freeze import frozen
 from faceedu.models.pixels import to_image, to_model
 
 
@@ -374,25 +375,26 @@ def fader_step(ae: AutoEncoder, lat_dis: LatentDiscriminator, opt_ae: torch.opti
     if clf_dis is not None:                     # 1b. the classifier discriminator learns y from real faces
         extra["clf_dis"], extra["clf_dis_acc"] = clf_dis_step(clf_dis, opt_clf, x, y, clip)
     # 2. the auto-encoder reconstructs x, and the encoder hides y from P
-    ae.train()
-    lat_dis.eval()
-    z, out = ae(x, y)
-    rec = ((out.float() - x.float()) ** 2).mean()
-    adv = encoder_adversarial_loss(lat_dis(z), y)
-    ssim_weight = getattr(getattr(ae, "config", None), "ssim_weight", 0.0)
-    if ssim_weight:                             # the quick preset's departure from the paper's MSE (docs/fader.md)
-        similarity = separable_ssim((out.float() + 1) / 2, (x.float() + 1) / 2)
-        loss = rec + ssim_weight * (1 - similarity) + lam * adv
-    else:
-        loss = rec + lam * adv
-    if clf_dis is not None and lam_clf > 0:     # 2b. decoded with random attributes, the classifier must read them
-        clf_dis.eval()
-        drawn = random_attributes(y)
-        clf = attr_loss(clf_dis(ae.decode(z, drawn)), drawn)
-        loss = loss + lam_clf * clf
-        extra["ae_clf"] = clf.detach()
-    opt_ae.zero_grad(set_to_none=True)
-    loss.backward()
+    with frozen(lat_dis, clf_dis):          # P and C judge; their weights get no gradient here
+        ae.train()
+        lat_dis.eval()
+        z, out = ae(x, y)
+        rec = ((out.float() - x.float()) ** 2).mean()
+        adv = encoder_adversarial_loss(lat_dis(z), y)
+        ssim_weight = getattr(getattr(ae, "config", None), "ssim_weight", 0.0)
+        if ssim_weight:                             # the quick preset's departure from the paper's MSE (docs/fader.md)
+            similarity = separable_ssim((out.float() + 1) / 2, (x.float() + 1) / 2)
+            loss = rec + ssim_weight * (1 - similarity) + lam * adv
+        else:
+            loss = rec + lam * adv
+        if clf_dis is not None and lam_clf > 0:     # 2b. decoded with random attributes, the classifier must read them
+            clf_dis.eval()
+            drawn = random_attributes(y)
+            clf = attr_loss(clf_dis(ae.decode(z, drawn)), drawn)
+            loss = loss + lam_clf * clf
+            extra["ae_clf"] = clf.detach()
+        opt_ae.zero_grad(set_to_none=True)
+        loss.backward()
     nn.utils.clip_grad_norm_(ae.parameters(), clip)
     opt_ae.step()
     logs = {"lat_dis": dis_loss.detach(), "lat_dis_acc": attribute_accuracy(logits.detach(), y).mean(),

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from faceedu.models.cyclegan import (PRESETS, CycleGAN, CycleGANConfig, ImagePool, discriminator_step_loss,
                                      generator_losses, linear_decay, preset, schedule_steps)
+from faceedu.models.freeze import frozen
 from faceedu.train.loop import LoopConfig, cpu_threads, loop_from_args, read_run, train
 
 SAMPLE_FACES = 8  # fixed test faces per domain in the sample grids: one row of the loop's 8-wide grid each
@@ -89,16 +90,13 @@ class CycleGANTask:
         real_A, real_B = batch["A"], batch["B"]
         model, kind = self.model, self.config.gan_loss
         # generators, with the discriminators frozen
-        for D in (model.D_A, model.D_B):
-            D.requires_grad_(False)
-        with torch.autocast(device_type=real_A.device.type, enabled=False):
-            terms = generator_losses(model, real_A.float(), real_B.float())
-        self.optimizers["G"].zero_grad(set_to_none=True)
-        terms["loss_G"].backward()
+        with frozen(model.D_A, model.D_B):
+            with torch.autocast(device_type=real_A.device.type, enabled=False):
+                terms = generator_losses(model, real_A.float(), real_B.float())
+            self.optimizers["G"].zero_grad(set_to_none=True)
+            terms["loss_G"].backward()
         self.optimizers["G"].step()
         # discriminators, on real images and on fakes drawn from the history pools
-        for D in (model.D_A, model.D_B):
-            D.requires_grad_(True)
         fake_B = self.pool_B.query(terms.pop("fake_B"))     # D_A judges domain B
         fake_A = self.pool_A.query(terms.pop("fake_A"))
         with torch.autocast(device_type=real_A.device.type, enabled=False):
