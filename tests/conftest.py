@@ -140,6 +140,7 @@ BACKGROUND_FIXTURES = ("trained_cyclegan", "trained_diat")
 BACKGROUND_NEEDED = pytest.StashKey[set]()
 
 
+@pytest.hookimpl(trylast=True)                 # after -k / -m have deselected what will not run
 def pytest_collection_modifyitems(config, items):
     """Order the test modules in three groups, each in its usual order: those that train no quick model, then
     those whose models train in the background, then those that train a quick model on two threads in the

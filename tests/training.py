@@ -212,6 +212,31 @@ def quick_model(pytestconfig: Any, name: str, config: Any, run: Path, root: Path
 
 _BACKGROUND: dict[str, tuple[subprocess.Popen, Path, float]] = {}     # name -> (child, its log, start time)
 SUMMARY = "FACEEDU-SUMMARY "     # a child's last line of output: this, then its training summary as JSON
+_SHARING: dict[str, Any] = {}    # while children train: the test process's own thread count and OMP_NUM_THREADS
+
+
+def _share_the_cores() -> None:
+    """While background trainings run, the test process (and what it starts: notebook kernels) computes on one
+    thread: OpenMP threads that outnumber the free cores wait on each other (docs/benchmarks.md)."""
+    import torch
+
+    if not _SHARING:
+        _SHARING.update(threads=torch.get_num_threads(), omp=os.environ.get("OMP_NUM_THREADS"))
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def _release_the_cores() -> None:
+    """Back to the test process's own thread count once no background training runs."""
+    import torch
+
+    if _SHARING and all(child.poll() is not None for child, _, _ in _BACKGROUND.values()):
+        torch.set_num_threads(_SHARING["threads"])
+        if _SHARING["omp"] is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = _SHARING["omp"]
+        _SHARING.clear()
 
 
 def start_in_background(name: str, code: str, log: Path) -> None:
@@ -219,6 +244,7 @@ def start_in_background(name: str, code: str, log: Path) -> None:
     process that trains quick model `name`; its output goes to `log`, and it ends with a line of `SUMMARY`
     and its training summary as JSON."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    _share_the_cores()
     with log.open("w") as out:
         child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                  start_new_session=True)       # its own process group, with its pool's workers
@@ -235,6 +261,7 @@ def wait_for_background(config: Any, name: str, runs: Sequence[Path], steps: int
     if child.poll() is None:
         with training_progress(config, name, runs if len(runs) > 1 else runs[0], steps):
             child.wait()
+    _release_the_cores()
     lines = log.read_text().splitlines()
     if child.returncode != 0 or not lines or not lines[-1].startswith(SUMMARY):
         tail = "\n".join(lines[-30:])
@@ -251,6 +278,7 @@ def wait_for_all_background(config: Any) -> None:
         terminal_print(config, f"[{', '.join(running)}] waiting for the background training to finish first")
     for name in running:
         _BACKGROUND[name][0].wait()
+    _release_the_cores()
 
 
 def stop_background() -> None:
@@ -261,4 +289,5 @@ def stop_background() -> None:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGTERM)
             child.wait()
+    _release_the_cores()
     _BACKGROUND.clear()

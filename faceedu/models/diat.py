@@ -388,18 +388,18 @@ def _convex_hull(points: np.ndarray) -> np.ndarray:
     return np.asarray(lower[:-1] + upper[:-1])
 
 
-def _fill_convex(hull: np.ndarray, size: int, grow: float = 0.0) -> torch.Tensor:
-    """(size, size) 0/1: the pixels (i, j), centred at x = j, y = i as the landmarks are, within `grow`
-    pixels of the convex polygon `hull` (its vertices in the monotone chain's order), edges pushed out."""
+def _fill_convex(hull: np.ndarray, grid: tuple[torch.Tensor, torch.Tensor], grow: float = 0.0) -> torch.Tensor:
+    """(size, size) booleans: the pixels (i, j) of `grid` (float64 (ys, xs) from `torch.meshgrid`, centred at
+    x = j, y = i as the landmarks are) within `grow` pixels of the convex polygon `hull` (its vertices in the
+    monotone chain's order), edges pushed out."""
+    ys, xs = grid
+    inside = torch.ones(ys.shape, dtype=torch.bool)
     if len(hull) < 3:
-        return torch.zeros(size, size)
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
-                            indexing="ij")
-    inside = torch.ones(size, size, dtype=torch.bool)
+        return ~inside
     h = torch.from_numpy(hull.astype(np.float64))
     for a, b in zip(h, torch.roll(h, -1, 0)):
         inside &= (b[0] - a[0]) * (ys - a[1]) - (b[1] - a[1]) * (xs - a[0]) >= -grow * torch.linalg.norm(b - a)
-    return inside.float()
+    return inside
 
 
 def hull_mask(landmarks68: torch.Tensor, indices: Sequence[int], size: int, grow: float = 0.0,
@@ -416,10 +416,11 @@ def hull_mask(landmarks68: torch.Tensor, indices: Sequence[int], size: int, grow
     if lm.dim() == 2:
         lm = lm.unsqueeze(0)
     assert lm.shape[1:] == (68, 2), f"expected (B, 68, 2) landmarks, got {tuple(lm.shape)}"
-    masks = []
-    for face in lm[:, list(indices)].numpy():
-        masks.append(_fill_convex(_convex_hull(face), size, grow))
-    mask = torch.stack(masks).unsqueeze(1).float()          # (B, 1, S, S)
+    grid = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
+                          indexing="ij")
+    mask = torch.empty(len(lm), 1, size, size)               # filled in place: one face's temporaries at a time
+    for i, face in enumerate(lm[:, list(indices)].numpy()):
+        mask[i, 0] = _fill_convex(_convex_hull(face), grid, grow)
     if feather > 0:
         mask = torch.maximum(mask, gaussian_blur(mask, feather)).clamp(0, 1)
     return mask
@@ -438,13 +439,18 @@ def gaussian_kernel(sigma: float, dtype: torch.dtype = torch.float32) -> torch.T
     return k / k.sum()
 
 
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (B, C, H, W) with reflected borders; shape kept."""
+def gaussian_blur(images: torch.Tensor, sigma: float, chunk: int = 512) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W) with reflected borders; shape kept. `chunk` images at a time:
+    the convolutions' buffers grow with the batch (about 0.3 MB per 64x64 image), the values do not."""
     k = gaussian_kernel(sigma, images.dtype).to(images.device)
     c, r = images.shape[1], len(k) // 2
-    x = F.pad(images, (r, r, r, r), mode="reflect")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    rows, columns = k.view(1, 1, 1, -1).expand(c, 1, 1, -1), k.view(1, 1, -1, 1).expand(c, 1, -1, 1)
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        x = F.conv2d(F.pad(x, (r, r, r, r), mode="reflect"), rows, groups=c)
+        return F.conv2d(x, columns, groups=c)
+
+    return blur(images) if len(images) <= chunk else torch.cat([blur(x) for x in images.split(chunk)])
 
 
 def global_enhance(input: torch.Tensor, output: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -135,7 +135,7 @@ def calibrate_weights(phi: Features, images: torch.Tensor) -> tuple[float, ...]:
 def load_landmarks(root: Path | str, split: str, size: int, crop: str = "center", limit: int | None = None,
                    images: torch.Tensor | None = None, verbose: bool = True) -> tuple[torch.Tensor, str]:
     """(N, 68, 2) landmarks in the pixel coordinates of the size x size faces, and where they came from:
-    list_landmarks_68.txt (SynthFaces writes it); else dlib's 68 points on `images` (the `faces` extra);
+    list_landmarks_68.txt (SynthFaces writes it); else dlib's 68 points on `images` (uint8, the `faces` extra);
     else the SynthFaces template moved onto the 5 CelebA landmarks of each face; else onto the average
     aligned-CelebA ones (the same region for every face: approximate, and said so)."""
     from faceedu.data.celeba import CelebA
@@ -161,7 +161,7 @@ def load_landmarks(root: Path | str, split: str, size: int, crop: str = "center"
         try:
             from faceedu.models.faces import DlibFaces
 
-            return DlibFaces().landmarks68(images[:count]), "dlib's 68-point shape predictor"
+            return DlibFaces().landmarks68(images[:count].float() / 255), "dlib's 68-point shape predictor"
         except Exception:             # the faces extra is not installed
             pass
     if data.has_annotation("landmarks"):
@@ -231,8 +231,8 @@ def load_data(root: Path | str, split: str, config: DIATConfig, limit: int | Non
 
     faces = load_face_tensors(root, split=split, size=config.image_size, masks=False, crop="center", limit=limit)
     if config.enhancement == "local":
-        landmarks, source = load_landmarks(root, split, config.image_size, "center", len(faces),
-                                           faces.images.float() / 255, verbose=verbose)
+        landmarks, source = load_landmarks(root, split, config.image_size, "center", len(faces), faces.images,
+                                           verbose=verbose)
     else:
         landmarks, source = None, "not needed (global attribute)"
     return DIATData(faces, config, landmarks, source)
