@@ -569,6 +569,7 @@ def diat_step(T: nn.Module, D: nn.Module, f: nn.Module | None, phi, opt_t: torch
         opt_t.zero_grad(set_to_none=True)
         loss.backward()
     opt_t.step()
+    opt_d.zero_grad(set_to_none=True)      # no gradient of D's is left behind
     return {"d": d_loss.detach(), "t": loss.detach(), "attr": adv.detach(), "id": idl.detach(), "pr": pr.detach()}
 
 
