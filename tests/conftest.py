@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+CYCLEGAN_SAMPLE_EVERY = 400      # the quick CycleGAN's sample grids, in the test process and in its background child
 
 
 @pytest.fixture(scope="session")
@@ -117,7 +118,7 @@ def trained_cyclegan(trained_dir, synth_root, pytestconfig) -> dict:
 
     config = preset("quick")
     return quick_model(pytestconfig, "cyclegan", config, trained_dir / "cyclegan-quick", synth_root, config.steps,
-                       train_cyclegan, sample_every=400, unit="image pairs/s")
+                       train_cyclegan, sample_every=CYCLEGAN_SAMPLE_EVERY, unit="image pairs/s")
 
 
 @pytest.fixture(scope="session")
@@ -191,7 +192,7 @@ def background_trainings(request):
                              "from faceedu.train.cyclegan import train_cyclegan\n"
                              "from faceedu.train.loop import LoopConfig\n"
                              "summary = train_cyclegan(preset('quick'), run, root, preset_name='quick',\n"
-                             "                         loop=LoopConfig(progress=False, sample_every=400))"),
+                             f"                         loop=LoopConfig(progress=False, sample_every={CYCLEGAN_SAMPLE_EVERY}))"),
         "trained_diat": ("diat", trained_dir / "diat-quick", reusable_diat_suite(root),
                          "from faceedu.train.diat import train_suite\n"
                          "summary = {'seconds': train_suite(root, run, verbose=False)['seconds']}"),
