@@ -138,6 +138,10 @@ def trained_fader(trained_dir, synth_root, pytestconfig) -> dict:
 # --- the one-thread quick models, trained in the background (tests/training.py) -----------------------------------
 
 BACKGROUND_FIXTURES = ("trained_cyclegan", "trained_diat")
+# DIAT's suite in the background trains three models at a time (one thread each): with the CycleGAN and the test
+# process beside them the cores stay busy until its last model ends, where two workers left one core idle for
+# the last model's length. Each model's trajectory is a lone run's whatever the count (train_suite).
+DIAT_WORKERS = 3
 BACKGROUND_NEEDED = pytest.StashKey[set]()
 
 
@@ -195,7 +199,7 @@ def background_trainings(request):
                              f"                         loop=LoopConfig(progress=False, sample_every={CYCLEGAN_SAMPLE_EVERY}))"),
         "trained_diat": ("diat", trained_dir / "diat-quick", reusable_diat_suite(root),
                          "from faceedu.train.diat import train_suite\n"
-                         "summary = {'seconds': train_suite(root, run, verbose=False)['seconds']}"),
+                         f"summary = {{'seconds': train_suite(root, run, verbose=False, workers={DIAT_WORKERS})['seconds']}}"),
     }
     for fixture in sorted(needed):
         name, run, reusable, call = plans[fixture]

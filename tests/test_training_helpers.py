@@ -88,6 +88,7 @@ def test_quick_model_copies_a_matching_tour_run_and_trains_otherwise(tmp_path, m
             return {"width": self.width, "sizes": (1, 2)}
 
     monkeypatch.setattr(training, "REPO", tmp_path)
+    monkeypatch.setattr(training, "wait_for_all_background", lambda config: None)   # its toy trains in no time
     calls = []
 
     def train(config, run, root, loop, preset_name):
