@@ -242,30 +242,63 @@ def table(report: dict[str, Any]) -> str:
     return format_table(rows, [title for _, title in COLUMNS]) if rows else "(no model offers bench_tasks)"
 
 
+INTRO = (
+    "# Benchmarks\n\n"
+    "How fast each model's training step runs, from `faceedu bench` (median of the timed steps after the "
+    "warm-up steps; FLOPs counted by `torch.utils.flop_counter` over one forward+backward step; the achieved "
+    "GFLOP/s are those FLOPs times the images/s, next to a square matmul timed on the same threads; peak memory "
+    "added is the rise of the process's resident peak during the case on CPU — approximate, as memory freed by "
+    "an earlier case is reused — and the peak CUDA allocation on GPU).\n\n")
+
+
+def _markers(report: dict[str, Any]) -> tuple[str, str]:
+    """The comments that enclose a report's section in a docs page, one pair per device type."""
+    kind = report["machine"]["device"].split(":")[0]
+    return f"<!-- faceedu bench {kind}: made by the command below; edit outside the markers -->", \
+        f"<!-- /faceedu bench {kind} -->"
+
+
 def markdown(report: dict[str, Any]) -> str:
-    """A docs page: the table, the machine it came from, and how to make it again."""
+    """The report's section of a docs page, between its markers: the machine, the table, how to make it again."""
     m = report["machine"]
     head = "| " + " | ".join(t for _, t in COLUMNS) + " |\n|" + "|".join("---" for _ in COLUMNS) + "|\n"
     body = "".join("| " + " | ".join(_format(k, r.get(k)) for k, _ in COLUMNS) + " |\n" for r in report["results"])
     where = m.get("gpu") or f"{m['cpu']} ({m['cores']} cores), {m['threads']} thread{'s' if m['threads'] != 1 else ''}"
+    begin, end = _markers(report)
     return (
-        "# Benchmarks\n\n"
-        "How fast each model's training step runs, from `faceedu bench` (median of "
-        f"{report['steps']} timed steps after {report['warmup']} warm-up steps; FLOPs counted by "
-        "`torch.utils.flop_counter` over one forward+backward step; the achieved GFLOP/s are those FLOPs "
-        "times the images/s, next to a square matmul timed on the same threads; peak memory added is "
-        "the rise of the process's resident peak during the case on CPU — approximate, as memory freed by "
-        "an earlier case is reused — and the peak CUDA allocation on GPU).\n\n"
+        f"{begin}\n"
         f"Machine: {where}; torch {m['torch']}; device `{m['device']}`; measured matmul peak "
         f"{report['matmul_peak_gflops']:,.0f} GFLOP/s ({report['matmul_dtype']}); load average "
-        f"{m.get('load_average_before')} when it started; {report['date']}.\n\n"
+        f"{m.get('load_average_before')} when it started; {report['date']}; median of {report['steps']} "
+        f"timed steps after {report['warmup']} warm-up steps.\n\n"
         + head + body +
         f"\nMake it again with `{report['command']} --json bench.json --markdown docs/benchmarks.md` "
-        "(add `--device cuda --bf16` on a GPU). On a shared machine the numbers move with its load: "
-        "compare rows taken together, not across runs. When other processes keep the cores busy, one "
-        "thread per process (`--threads 1`, or `OMP_NUM_THREADS=1` for training) is several times faster "
-        "than two, because OpenMP's threads wait on each other.\n"
+        "(add `--device cuda --bf16` on a GPU): it rewrites only this section of the page. On a shared machine "
+        "the numbers move with its load: compare rows taken together, not across runs. When other processes "
+        "keep the cores busy, one thread per process (`--threads 1`, or `OMP_NUM_THREADS=1` for training) is "
+        "several times faster than two, because OpenMP's threads wait on each other.\n"
+        f"{end}\n"
     )
+
+
+def write_page(path: Path | str, report: dict[str, Any]) -> None:
+    """Put the report's section into the docs page `path`: in place of the section of the same device type
+    when the page has one, else at its end (a new page starts with its title and what the columns mean).
+    Everything else on the page is kept."""
+    path = Path(path)
+    section = markdown(report)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(INTRO + section)
+        return
+    page = path.read_text()
+    begin, end = _markers(report)
+    if begin in page and end in page:
+        head, rest = page.split(begin, 1)
+        page = head + section.rstrip("\n") + rest.split(end, 1)[1]
+    else:
+        page = page.rstrip("\n") + "\n\n" + section
+    path.write_text(page)
 
 
 def run_bench(args) -> int:
@@ -278,7 +311,6 @@ def run_bench(args) -> int:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         print(f"Wrote {args.json}")
     if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(markdown(report))
-        print(f"Wrote {args.markdown}")
+        write_page(args.markdown, report)
+        print(f"Wrote the {report['machine']['device']} section of {args.markdown}")
     return 0

@@ -36,6 +36,26 @@ def test_bench_command_writes_json_and_page(tmp_path, capsys):
     assert page.read_text().startswith("# Benchmarks")
 
 
+def test_the_page_keeps_what_the_command_did_not_write(tmp_path):
+    """--markdown rewrites its own device's section of the docs page and nothing else."""
+    def report(images_per_s: float, device: str = "cpu") -> dict:
+        machine = {"cpu": "a CPU", "cores": 2, "threads": 1, "torch": "2.14.1", "device": device}
+        row = {"model": "vae", "preset": "quick", "batch": 32, "images_per_s": images_per_s}
+        return {"machine": machine, "matmul_peak_gflops": 91.0, "matmul_dtype": "float32", "date": "today",
+                "steps": 10, "warmup": 3, "command": "faceedu bench --threads 1", "results": [row]}
+
+    page = tmp_path / "benchmarks.md"
+    bench.write_page(page, report(100.0))
+    assert page.read_text().startswith("# Benchmarks") and "| vae | quick | 32 | 100 |" in page.read_text()
+    page.write_text(page.read_text() + "\n## By hand\n\nA measured comparison.\n")
+    bench.write_page(page, report(250.0))
+    bench.write_page(page, report(5000.0, "cuda:0"))
+    text = page.read_text()
+    assert "| vae | quick | 32 | 100 |" not in text and "| vae | quick | 32 | 250 |" in text
+    assert text.count("# Benchmarks") == 1 and "## By hand\n\nA measured comparison." in text
+    assert text.index("| 250 |") < text.index("## By hand") < text.index("| 5,000 |")     # the GPU's section added
+
+
 def test_discover_skips_models_without_the_preset():
     assert bench.discover(["no-such-preset"]) == []
 
