@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+import torch
+
 from faceedu import bench
 
 
@@ -60,8 +62,13 @@ def test_discover_skips_models_without_the_preset():
     assert bench.discover(["no-such-preset"]) == []
 
 
-def test_every_trained_model_offers_bench_tasks():
-    """Each model the course trains takes part in `faceedu bench` at its quick preset."""
-    names = {name for name, preset, _, _ in bench.discover(["quick"])}
+def test_every_trained_model_offers_bench_tasks_that_take_a_step():
+    """Each model the course trains takes part in `faceedu bench` at its quick preset, and its task trains on
+    the batch it offers (a batch missing what the preset's step reads once failed the whole command)."""
+    cases = bench.discover(["quick"])
+    names = {name for name, _, _, _ in cases}
     assert {"vae", "cgan", "cgan-projection", "fader", "cyclegan", "diat", "nst-128", "nst-256",
             "judge-attributes"} <= names, names
+    for name, _, task, batch in cases:
+        losses = task.step(batch, 1)
+        assert all(torch.isfinite(torch.as_tensor(v)).all() for v in losses.values()), name

@@ -777,5 +777,6 @@ def bench_tasks(preset_name: str = "quick") -> dict[str, tuple[DIATTask, dict]]:
     M.init_weights(D)
     phi = identity_network(config, ".", D, verbose=False)
     real = (torch.rand(64, 3, size, size, generator=g) * 255).to(torch.uint8)
-    batch = {"image": torch.rand(config.batch_size, 3, size, size, generator=g)}
+    batch = {"image": torch.rand(config.batch_size, 3, size, size, generator=g),
+             "mask": M.edit_mask(config, None, size, config.batch_size)}    # the edit masks train_enhanced reads
     return {"diat": (DIATTask(config, T, D, f, phi, real), batch)}
