@@ -276,7 +276,7 @@ def markdown(report: dict[str, Any]) -> str:
         "(add `--device cuda --bf16` on a GPU): it rewrites only this section of the page. On a shared machine "
         "the numbers move with its load: compare rows taken together, not across runs. When other processes "
         "keep the cores busy, one thread per process (`--threads 1`, or `OMP_NUM_THREADS=1` for training) is "
-        "several times faster than two, because OpenMP's threads wait on each other.\n"
+        "more than twice as fast as two, because OpenMP's threads wait on each other.\n"
         f"{end}\n"
     )
 
