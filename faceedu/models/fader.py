@@ -66,6 +66,11 @@ class FaderConfig:
     # randomly drawn attributes on the faces decoded with them, weighted by lambda_clf_dis on the schedule of eq. (3)
     n_clf_dis: int = 0                                # classifier updates per step (0: no classifier)
     lambda_clf_dis: float = 0.0                       # its weight in eq. (2) at the end of the ramp
+    clf_augment: float = 0.0                          # > 0: C learns from real faces augmented as the attribute judge
+                                                      # (flips, small rotations, scales, shifts, brightness, pixel noise
+                                                      # up to this sigma on half): NOT the official code's (quick only)
+    ema_decay: float = 0.0                            # > 0: the run reconstructs and edits with a moving average of the
+                                                      # auto-encoder's weights: NOT the official code's (quick only)
     # optimisation (both networks alike)
     lr: float = 2e-4
     beta1: float = 0.5
@@ -126,7 +131,7 @@ PRESETS: dict[str, FaderConfig] = {
     # Two CPU threads on every machine: the figures the docs and tests quote are the 2-thread trajectory.
     "quick": FaderConfig(attrs=("Male", "Eyeglasses", "Smiling"), image_size=64, init_fm=16, max_fm=128, n_layers=3,
                          hid_dim=128, lr=1e-3, ssim_weight=1.0, lambda_max=0.05, lambda_start=1500, lambda_steps=1000,
-                         n_clf_dis=1, lambda_clf_dis=0.3, steps=3000, threads=2),
+                         n_clf_dis=1, lambda_clf_dis=0.3, clf_augment=0.1, ema_decay=0.995, steps=3000, threads=2),
 }
 
 
@@ -346,7 +351,7 @@ def clf_dis_step(clf_dis: Classifier, opt_clf: torch.optim.Optimizer, x: torch.T
 def fader_step(ae: AutoEncoder, lat_dis: LatentDiscriminator, opt_ae: torch.optim.Optimizer,
                opt_dis: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lam: float,
                clip: float = 5.0, clf_dis: Classifier | None = None, opt_clf: torch.optim.Optimizer | None = None,
-               lam_clf: float = 0.0) -> dict[str, torch.Tensor]:
+               lam_clf: float = 0.0, clf_view=None) -> dict[str, torch.Tensor]:
     """One iteration of the official training loop (lat_dis_step, then autoencoder_step) on a batch x
     (B, 3, S, S) in [-1, 1] with attributes y (B, A) in {0, 1}:
 
@@ -359,7 +364,9 @@ def fader_step(ae: AutoEncoder, lat_dis: LatentDiscriminator, opt_ae: torch.opti
     With a classifier discriminator `clf_dis` (the official --n_clf_dis 1; off by default there and in
     the lesson), it is updated on the real faces between the two (the official clf_dis_step), and the
     auto-encoder's loss gains lam_clf * -log C(y~ | D(E(x), y~)) for attributes y~ drawn at random
-    (`random_attributes`), the classifier in eval mode (the official autoencoder_step)."""
+    (`random_attributes`), the classifier in eval mode (the official autoencoder_step). Given `clf_view`, a
+    function of the real faces (the quick preset: the attribute judge's augmentation), the classifier learns
+    from clf_view(x) instead of x."""
     # 1. the latent discriminator learns to read y from a latent it cannot change
     ae.eval()
     with torch.no_grad():
@@ -373,7 +380,8 @@ def fader_step(ae: AutoEncoder, lat_dis: LatentDiscriminator, opt_ae: torch.opti
     opt_dis.step()
     extra: dict[str, torch.Tensor] = {}
     if clf_dis is not None:                     # 1b. the classifier discriminator learns y from real faces
-        extra["clf_dis"], extra["clf_dis_acc"] = clf_dis_step(clf_dis, opt_clf, x, y, clip)
+        seen = clf_view(x) if clf_view is not None else x
+        extra["clf_dis"], extra["clf_dis_acc"] = clf_dis_step(clf_dis, opt_clf, seen, y, clip)
     # 2. the auto-encoder reconstructs x, and the encoder hides y from P
     with frozen(lat_dis, clf_dis):          # P and C judge; their weights get no gradient here
         ae.train()

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from faceedu.models.cgan import (AttributeClassifier, CGANConfig, Generator, combinations, discriminator, gan_step,
                                  parameter_count, preset)
-from faceedu.train.loop import LoopConfig, data_root, loop_from_args, read_run, train
+from faceedu.train.loop import LoopConfig, data_root, loop_from_args, read_run, train, update_ema
 
 # --- data -----------------------------------------------------------------------------------------------
 
@@ -129,18 +129,6 @@ class CGANTask:
     def samples(self, batch: Any) -> torch.Tensor:
         """A grid: one row per attribute combination (up to 16), the same 8 z in every row."""
         return combination_grid(_plain(self.G_ema if self.G_ema is not None else self.G), self.grid_z, self.grid_y)
-
-
-@torch.no_grad()
-def update_ema(average: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
-    """average <- decay * average + (1 - decay) * model, weight by weight, with the decay warmed up as
-    (1 + step) / (10 + step) early on (TensorFlow's ExponentialMovingAverage) so the first steps' noise
-    washes out; BatchNorm's running statistics are copied from the model."""
-    decay = min(decay, (1 + step) / (10 + step))
-    for a, p in zip(average.parameters(), model.parameters()):
-        a.lerp_(p.detach().to(a.dtype), 1 - decay)
-    for a, b in zip(average.buffers(), model.buffers()):
-        a.copy_(b)
 
 
 def _plain(module: torch.nn.Module) -> torch.nn.Module:

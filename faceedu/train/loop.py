@@ -210,6 +210,19 @@ def _unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
 
+@torch.no_grad()
+def update_ema(average: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    """average <- decay * average + (1 - decay) * model, weight by weight, with the decay warmed up as
+    (1 + step) / (10 + step) early on (TensorFlow's ExponentialMovingAverage) so the first steps' noise
+    washes out; BatchNorm's running statistics are copied from the model. The moving average
+    that lessons 04 and 05 draw and reconstruct with (Karras et al. 2018; Yazici et al. 2019)."""
+    decay = min(decay, (1 + step) / (10 + step))
+    for a, p in zip(average.parameters(), model.parameters()):
+        a.lerp_(p.detach().to(a.dtype), 1 - decay)
+    for a, b in zip(average.buffers(), model.buffers()):
+        a.copy_(b)
+
+
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save to a temporary file, fsync, then rename: a crash never leaves a half-written file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
