@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 
 from faceedu.models.cgan import (AttributeClassifier, CGANConfig, Generator, combinations, discriminator, gan_step,
                                  parameter_count, preset)
-from faceedu.train.loop import LoopConfig, data_root, loop_from_args, read_run, train, update_ema
+from faceedu.train.loop import (LoopConfig, data_root, loop_from_args, read_run, recompute_batchnorm, train,
+                                update_ema)
 
 # --- data -----------------------------------------------------------------------------------------------
 
@@ -220,21 +221,11 @@ def standing_statistics(G: Generator, batches: int = 20, batch: int = 256, seed:
     statistics", Brock et al. 2019). A moving average of G's weights carries G's last statistics, which do
     not match the averaged weights; measured on the quick preset (docs/cgan.md) this lowers the Fréchet
     distance and raises diversity. Deterministic (`seed`); returns G in eval mode."""
-    norms = [m for m in G.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None                                            # a cumulative average over the passes
     g = torch.Generator().manual_seed(seed)
     combos = combinations(G.project_y[0].in_channels)               # ConvTranspose2d(k -> p): in_channels = k
     device = next(G.parameters()).device
-    G.train()
-    for _ in range(batches):
-        y = combos[torch.arange(batch) % len(combos)]
-        G(torch.randn(batch, G.z_dim, generator=g).to(device), y.to(device))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    return G.eval()
+    y = combos[torch.arange(batch) % len(combos)].to(device)
+    return recompute_batchnorm(G, ((torch.randn(batch, G.z_dim, generator=g).to(device), y) for _ in range(batches)))
 
 
 # --- measurements ---------------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ import torch
 from faceedu.models import fader as FN
 from faceedu.models.fader import AutoEncoder, FaderConfig, LatentDiscriminator, preset
 from faceedu.train.judge import augment
-from faceedu.train.loop import (CHECKPOINT, LoopConfig, cpu_threads, data_root, loop_from_args, read_run, run_finished,
-                                save_atomic, train, update_ema)
+from faceedu.train.loop import (CHECKPOINT, LoopConfig, cpu_threads, data_root, loop_from_args, read_run, recompute_batchnorm,
+                                run_finished, save_atomic, train, update_ema)
 
 # Every ACCURACY_EVERY steps the latent discriminator's accuracy is measured in eval mode (no dropout,
 # running BatchNorm statistics, as the official evaluation) on the batch about to be trained on, and logged
@@ -112,22 +112,12 @@ def judge_view(x: torch.Tensor, pixel_noise: float) -> torch.Tensor:
 def standing_statistics(ae: AutoEncoder, dataset: Any, columns: list[int], faces: int = 3200,
                         batch: int = 32) -> AutoEncoder:
     """Re-estimate the auto-encoder's BatchNorm statistics for its own weights: the first `faces` training
-    faces with their true attributes, in batches of `batch` in training mode, averaged (as lesson 04's
-    `faceedu.train.cgan.standing_statistics` does for G). A moving average of the weights carries the last
-    weights' statistics, which do not match it. Deterministic; returns the auto-encoder in eval mode."""
-    norms = [m for m in ae.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None                                            # a cumulative average over the batches
+    faces with their true attributes, in batches of `batch` (`faceedu.train.loop.recompute_batchnorm`, as
+    lesson 04 does for G). Deterministic; returns the auto-encoder in eval mode."""
     device = next(ae.parameters()).device
-    ae.train()
-    for start in range(0, min(faces, len(dataset.images)), batch):
-        x = FN.to_model(dataset.images[start:start + batch]).to(device)
-        ae(x, dataset.attr[start:start + batch][:, columns].float().to(device))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    return ae.eval()
+    starts = range(0, min(faces, len(dataset.images)), batch)
+    return recompute_batchnorm(ae, ((FN.to_model(dataset.images[k:k + batch]).to(device),
+                                     dataset.attr[k:k + batch][:, columns].float().to(device)) for k in starts))
 
 
 def _settle_average(run_dir: Path, config: FaderConfig, dataset: Any, columns: list[int]) -> None:
@@ -698,5 +688,5 @@ def bench_tasks(preset_name: str = "quick") -> dict[str, tuple[FaderTask, dict]]
 
 
 __all__ = ["FaderTask", "train_fader", "load_run", "load_data", "evaluate_fader", "flip_ceiling", "report", "format_report",
-           "check_alphas", "edit_with_run", "lesson_fader", "compare_with_vae", "judged_flips",
+           "check_alphas", "edit_with_run", "judge_view", "standing_statistics", "lesson_fader", "compare_with_vae", "judged_flips",
            "comparison_markdown", "accuracy_figure", "slider_figure", "is_finished", "spearman"]

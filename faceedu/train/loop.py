@@ -223,6 +223,25 @@ def update_ema(average: torch.nn.Module, model: torch.nn.Module, decay: float, s
         a.copy_(b)
 
 
+@torch.no_grad()
+def recompute_batchnorm(model: torch.nn.Module, passes: Iterator[tuple]) -> torch.nn.Module:
+    """BigGAN's "standing statistics" (Brock et al. 2019): reset the model's BatchNorm running statistics and
+    re-estimate them as the plain average over `passes` (each a tuple of the model's arguments) in training
+    mode, for weights that never made them (a moving average of the weights carries the last weights'
+    statistics). The momenta are restored; returns the model in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None                                            # a cumulative average over the passes
+    model.train()
+    for args in passes:
+        model(*args)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return model.eval()
+
+
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save to a temporary file, fsync, then rename: a crash never leaves a half-written file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
