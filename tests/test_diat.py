@@ -158,6 +158,21 @@ def test_the_hull_regions_cover_the_mouth_and_the_glasses_on_synthfaces(synth_ro
     assert sum(covered["glasses"]) / len(covered["glasses"]) > 0.9, covered["glasses"]
 
 
+def test_the_judges_read_grey_hair_as_old_and_as_another_person(synth_root):
+    """docs/diat.md, the Young bar: on SynthFaces the attribute judge reads age from grey hair, not from the age
+    lines, and the identity judge (DIAT's identity loss) counts that grey hair as a change of person, more
+    than another photo of the same face."""
+    from faceedu.models.judges import judges_for
+    from faceedu.train.diat import ageing_counterfactuals
+
+    found = ageing_counterfactuals(judges_for(synth_root, kinds=("attributes", "identity"), verbose=False),
+                                   identities=60)
+    assert found["images"].shape == (24, 3, 64, 64)
+    lines, grey, scene = found["age lines"], found["age lines and grey hair"], found["another photo"]
+    assert found["as drawn"]["read_old"] < 0.15 and lines["read_old"] < 0.5 < 0.9 < grey["read_old"], found
+    assert lines["identity_cosine"] > scene["identity_cosine"] > 0.9 > 0.8 > grey["identity_cosine"], found
+
+
 def test_diat_step_never_updates_d_through_ts_loss():
     """The same state, lambda_attr 0 vs 100: D ends identical (only D's own loss moves it)."""
     config = preset("quick", image_size=16, d_layers=2, batch_size=4)

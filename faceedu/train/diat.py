@@ -765,6 +765,41 @@ def identity_comparison(root: Path | str, diat_runs: dict[str, Path], vae_run: P
     return rows
 
 
+def ageing_counterfactuals(judges, identities: int = 150, seed: int = 7) -> dict[str, Any]:
+    """What the judges make of ageing a SynthFaces face and nothing else (the Young bar, docs/diat.md): young
+    identities (`make_identity(seed, i)`, natural hair not grey) rendered in one scene as drawn, with
+    `who.young` False (age lines), and with grey hair as well; and, for scale, in another scene (pose, light
+    and background) with the same attributes: another photo of the same person. Per change: the identity judge's mean cosine to the face as drawn and the share
+    the attribute judge reads as old. "images": the first 8 faces of each row, (24, 3, 64, 64) in [0, 1]."""
+    from faceedu.data import synthfaces as S
+    from faceedu.metrics import edit_success_rate, identity_similarity
+
+    rows: dict[str, list[torch.Tensor]] = {"as drawn": [], "age lines": [], "age lines and grey hair": [],
+                                           "another photo": []}
+    index = 0
+    while len(rows["as drawn"]) < identities:
+        index += 1
+        who = S.make_identity(seed, index)
+        if not who.young or who.hair == "Gray_Hair":
+            continue
+        another = S.render_face(64, seed, 4, index, who)            # its attributes sampled, then kept
+        attrs, old = another["attrs"], replace(who, young=False)
+        scenes = {"as drawn": (who, attrs), "age lines": (old, attrs | {"Young": False}),
+                  "age lines and grey hair": (old, attrs | {"Young": False, "_hair": "Gray_Hair"})}
+        drawn = {name: S.render_face(64, seed, 3, index, person, a)["image"] for name, (person, a) in scenes.items()}
+        for name, image in (drawn | {"another photo": another["image"]}).items():
+            rows[name].append(torch.from_numpy(image).permute(2, 0, 1).float() / 255)
+    faces = {name: torch.stack(images) for name, images in rows.items()}
+    attr_judge, id_judge = judges.require("attributes"), judges.require("identity")
+    out: dict[str, Any] = {"identities": identities}
+    for name, images in faces.items():
+        out[name] = {"identity_cosine": 1.0 if name == "as drawn" else
+                     identity_similarity(id_judge, faces["as drawn"], images)["mean_cosine"],
+                     "read_old": edit_success_rate(attr_judge, images, "Young", 0.0)}
+    out["images"] = torch.cat([faces[name][:8] for name in ("as drawn", "age lines", "age lines and grey hair")])
+    return out
+
+
 def bench_tasks(preset_name: str = "quick") -> dict[str, tuple[DIATTask, dict]]:
     """For `faceedu bench`: the DIAT steps' Task at a preset (identity judge features, untrained networks)
     and one synthetic batch of source faces."""
