@@ -169,8 +169,10 @@ def test_the_judges_read_grey_hair_as_old_and_as_another_person(synth_root):
                                    identities=60)
     assert found["images"].shape == (24, 3, 64, 64)
     lines, grey, scene = found["age lines"], found["age lines and grey hair"], found["another photo"]
-    assert found["as drawn"]["read_old"] < 0.15 and lines["read_old"] < 0.5 < 0.9 < grey["read_old"], found
-    assert lines["identity_cosine"] > scene["identity_cosine"] > 0.9 > 0.8 > grey["identity_cosine"], found
+    assert found["as drawn"]["read_old"] < 0.15 and lines["read_old"] < 0.5, found     # lines alone: mostly young
+    assert grey["read_old"] > 0.9, found                                                # grey hair: old
+    assert lines["identity_cosine"] > scene["identity_cosine"] > 0.9, found             # lines: the same person
+    assert grey["identity_cosine"] < 0.8, found                                         # grey: less than another photo
 
 
 def test_diat_step_never_updates_d_through_ts_loss():

@@ -769,8 +769,9 @@ def ageing_counterfactuals(judges, identities: int = 150, seed: int = 7) -> dict
     """What the judges make of ageing a SynthFaces face and nothing else (the Young bar, docs/diat.md): young
     identities (`make_identity(seed, i)`, natural hair not grey) rendered in one scene as drawn, with
     `who.young` False (age lines), and with grey hair as well; and, for scale, in another scene (pose, light
-    and background) with the same attributes: another photo of the same person. Per change: the identity judge's mean cosine to the face as drawn and the share
-    the attribute judge reads as old. "images": the first 8 faces of each row, (24, 3, 64, 64) in [0, 1]."""
+    and background) with the same attributes: another photo of the same person. Per change: the identity
+    judge's mean cosine to the face as drawn and the share the attribute judge reads as old. "images": the
+    first 8 faces of each of the first three rows, (24, 3, 64, 64) in [0, 1]."""
     from faceedu.data import synthfaces as S
     from faceedu.metrics import edit_success_rate, identity_similarity
 
