@@ -158,6 +158,21 @@ def test_one_hot_pairs_and_schedule():
     assert FN.config_lambda(quick, quick.steps) == pytest.approx(quick.lambda_max)
 
 
+def test_spearman_is_scipys_and_exact_at_the_sliders_bar():
+    """The slider bar reads rho >= 0.9; one swapped neighbour among five alphas is rho = 9/10 exactly."""
+    from scipy.stats import spearmanr
+
+    from faceedu.train.fader import spearman
+
+    g = torch.Generator().manual_seed(0)
+    for n in (5, 9, 17):
+        x, y = torch.linspace(-2, 2, n, dtype=torch.float64), torch.rand(n, generator=g, dtype=torch.float64)
+        assert spearman(x, y) == pytest.approx(spearmanr(x.numpy(), y.numpy()).statistic, abs=1e-12)
+    x = torch.linspace(-2, 2, 5, dtype=torch.float64)
+    assert spearman(x, torch.tensor([0.1, 0.3, 0.2, 0.4, 0.5])) == 0.9
+    assert spearman(x, x.flip(0)) == -1.0 and spearman(x, x) == 1.0
+
+
 def test_the_encoder_loss_never_moves_the_discriminator():
     """fader_step from the same state with lambda 0 and lambda 100: the discriminator ends identical (its
     update sees a detached code, the encoder's loss never reaches it), the auto-encoder does not."""

@@ -295,10 +295,12 @@ def edit_with_run(ae: AutoEncoder, images: torch.Tensor, y: torch.Tensor | None,
 
 
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Spearman's rank correlation of two 1-D sequences (no ties expected in x)."""
-    rx, ry = x.argsort().argsort().double(), y.argsort().argsort().double()
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    return float((rx * ry).sum() / (rx.norm() * ry.norm()).clamp_min(1e-12))
+    """Spearman's rank correlation of two 1-D sequences (no ties expected; a tie is ranked by position).
+    The ranks are two permutations, so rho = 1 - 6 sum(d^2) / (n (n^2 - 1)) exactly, computed from integers:
+    a slider whose rho is 9/10 meets a 0.9 bar (Pearson's formula on the ranks gave 0.8999999999999999)."""
+    n = len(x)
+    d = x.argsort().argsort() - y.argsort().argsort()
+    return 1 - 6 * int((d * d).sum()) / (n * (n * n - 1))
 
 
 @torch.no_grad()
