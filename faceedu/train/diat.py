@@ -773,7 +773,7 @@ def ageing_counterfactuals(judges, identities: int = 150, seed: int = 7) -> dict
     judge's mean cosine to the face as drawn and the share the attribute judge reads as old. "images": the
     first 8 faces of each of the first three rows, (24, 3, 64, 64) in [0, 1]."""
     from faceedu.data import synthfaces as S
-    from faceedu.metrics import edit_success_rate, identity_similarity
+    from faceedu.metrics import attribute_rate, identity_similarity
 
     rows: dict[str, list[torch.Tensor]] = {"as drawn": [], "age lines": [], "age lines and grey hair": [],
                                            "another photo": []}
@@ -796,7 +796,7 @@ def ageing_counterfactuals(judges, identities: int = 150, seed: int = 7) -> dict
     for name, images in faces.items():
         out[name] = {"identity_cosine": 1.0 if name == "as drawn" else
                      identity_similarity(id_judge, faces["as drawn"], images)["mean_cosine"],
-                     "read_old": edit_success_rate(attr_judge, images, "Young", 0.0)}
+                     "read_old": attribute_rate(attr_judge, images, "Young", present=False)}
     out["images"] = torch.cat([faces[name][:8] for name in ("as drawn", "age lines", "age lines and grey hair")])
     return out
 

@@ -17,8 +17,8 @@ import torch
 from faceedu.models import fader as FN
 from faceedu.models.fader import AutoEncoder, FaderConfig, LatentDiscriminator, preset
 from faceedu.train.judge import augment
-from faceedu.train.loop import (CHECKPOINT, LoopConfig, cpu_threads, data_root, loop_from_args, read_run, recompute_batchnorm,
-                                run_finished, save_atomic, train, update_ema)
+from faceedu.train.loop import (CHECKPOINT, LoopConfig, cpu_threads, data_root, loop_from_args, read_run,
+                                recompute_batchnorm, run_finished, save_atomic, train, update_ema)
 
 # Every ACCURACY_EVERY steps the latent discriminator's accuracy is measured in eval mode (no dropout,
 # running BatchNorm statistics, as the official evaluation) on the batch about to be trained on, and logged
@@ -690,5 +690,5 @@ def bench_tasks(preset_name: str = "quick") -> dict[str, tuple[FaderTask, dict]]
 
 
 __all__ = ["FaderTask", "train_fader", "load_run", "load_data", "evaluate_fader", "flip_ceiling", "report", "format_report",
-           "check_alphas", "edit_with_run", "judge_view", "standing_statistics", "lesson_fader", "compare_with_vae", "judged_flips",
-           "comparison_markdown", "accuracy_figure", "slider_figure", "is_finished", "spearman"]
+           "check_alphas", "edit_with_run", "judge_view", "standing_statistics", "lesson_fader", "compare_with_vae",
+           "judged_flips", "comparison_markdown", "accuracy_figure", "slider_figure", "is_finished", "spearman"]
